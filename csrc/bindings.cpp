@@ -1,0 +1,31 @@
+// Python module fusedconv._ext. NB_DOMAIN mlx (CMakeLists.txt) shares MLX's
+// nanobind type registry, so mx.array and mx.Stream pass straight through.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/variant.h>
+
+#include "cpu/conv3x3.h"
+#include "mlx/version.h"
+#include "ops.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+NB_MODULE(_ext, m) {
+  m.doc() = "fusedconv C++ primitives (see fusedconv.ops for the documented API)";
+  m.attr("built_mlx_version") = FUSEDCONV_MLX_VERSION;
+  m.def("linked_mlx_version", [] { return std::string(mlx::core::version()); },
+        "MLX version of the libmlx this extension is running against.");
+  nb::exception<fusedconv::DTypeError>(m, "DTypeError", PyExc_TypeError);
+
+  m.def("group_norm_stats", &fusedconv::group_norm_stats, "x"_a, "groups"_a, "eps"_a,
+        nb::kw_only(), "stream"_a = nb::none());
+  m.def("conv3x3", &fusedconv::conv3x3, "x"_a, "weight"_a, "bias"_a.none(), "stats"_a.none(),
+        "gamma"_a.none(), "beta"_a.none(), "silu"_a, "upsample"_a, "residual"_a.none(),
+        nb::kw_only(), "stream"_a = nb::none());
+  m.def("cpu_isa", &fusedconv::cpu::conv3x3_isa,
+        "Instruction set the CPU conv3x3 uses now (FUSEDCONV_CPU_ISA may force 'generic').");
+  m.def("cpu_isas", [] { return std::string(fusedconv::cpu::conv3x3_available_isas()); },
+        "Comma-separated instruction sets this machine can run.");
+}

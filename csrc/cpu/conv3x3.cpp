@@ -1,0 +1,139 @@
+#include "cpu/conv3x3.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "cpu/parallel.h"
+
+namespace fusedconv::cpu {
+
+namespace {
+
+// Halo ring per worker: 3 rows of (strip_w + 2) pixels x C floats. 192 KiB
+// keeps it in L2 next to one weight panel (9*C*16 floats).
+constexpr size_t kHaloBudgetFloats = 48 * 1024;
+constexpr int kMaxStrip = 120;
+constexpr int kUnitsPerThread = 8;
+
+int round_up(int v, int m) { return (v + m - 1) / m * m; }
+int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+bool cpu_has_avx2() {
+#if defined(FUSEDCONV_X86_KERNELS)
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
+}
+
+Conv3x3UnitFn select_unit(DType dt) {
+#if defined(FUSEDCONV_X86_KERNELS)
+  if (std::strcmp(conv3x3_isa(), "avx2") == 0) return avx2::conv3x3_unit(dt);
+#endif
+  return generic::conv3x3_unit(dt);
+}
+
+template <class T>
+void pack_weights(const Conv3x3Params& p, const T* w, float* packed, int threads) {
+  const int C = p.c;
+  const int oblocks = ceil_div(p.o, kConvOBlock);
+  parallel_for(oblocks * 9, threads, [&](int task, int) {
+    const int ob = task / 9, tap = task % 9;
+    float* dst = packed + (size_t(ob) * 9 + tap) * C * kConvOBlock;
+    for (int c = 0; c < C; ++c) {
+      for (int j = 0; j < kConvOBlock; ++j) {
+        const int o = ob * kConvOBlock + j;
+        dst[size_t(c) * kConvOBlock + j] = o < p.o ? to_f32(w[(size_t(o) * 9 + tap) * C + c]) : 0.0f;
+      }
+    }
+  });
+}
+
+template <class T>
+void fill_norm(const Conv3x3Params& p, const Conv3x3Buffers& b, float* norm) {
+  const int C = p.c, cg = C / p.groups;
+  const T* gamma = static_cast<const T*>(b.gamma);
+  const T* beta = static_cast<const T*>(b.beta);
+  for (int n = 0; n < p.n; ++n) {
+    float* mean = norm + size_t(n) * 3 * C;
+    float* scale = mean + C;
+    float* shift = mean + 2 * C;
+    for (int c = 0; c < C; ++c) {
+      const float* s = b.stats + (size_t(n) * p.groups + c / cg) * 2;
+      mean[c] = s[0];
+      scale[c] = s[1] * to_f32(gamma[c]);
+      shift[c] = to_f32(beta[c]);
+    }
+  }
+}
+
+template <class T>
+void run(const Conv3x3Params& p, const Conv3x3Buffers& b, const Conv3x3CpuPlan& plan,
+         float* scratch, Conv3x3UnitFn unit) {
+  float* packed = scratch;
+  float* norm = p.groups ? packed + plan.packed_weight_floats : nullptr;
+  float* halos = packed + plan.packed_weight_floats + plan.norm_floats;
+  pack_weights(p, static_cast<const T*>(b.weight), packed, plan.threads);
+  if (norm) fill_norm<T>(p, b, norm);
+  const Conv3x3Job job{&p, b, packed, norm};
+  parallel_for(plan.units, plan.threads, [&](int u, int worker) {
+    const int strip = u % plan.strips;
+    const int band = (u / plan.strips) % plan.bands;
+    const int n = u / (plan.strips * plan.bands);
+    const int x0 = strip * plan.strip_w, x1 = std::min(p.wo, x0 + plan.strip_w);
+    const int y0 = band * plan.band_h, y1 = std::min(p.ho, y0 + plan.band_h);
+    unit(job, n, y0, y1, x0, x1, halos + size_t(worker) * plan.halo_floats);
+  });
+}
+
+}  // namespace
+
+int default_threads() {
+  if (const char* env = std::getenv("FUSEDCONV_NUM_THREADS")) {
+    const int v = std::atoi(env);
+    if (v > 0) return v;
+  }
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+Conv3x3CpuPlan plan_conv3x3(const Conv3x3Params& p, int threads) {
+  Conv3x3CpuPlan plan{};
+  int strip = int(kHaloBudgetFloats / (3 * size_t(p.c))) - 2;
+  strip = std::clamp(strip / kConvPixels * kConvPixels, kConvPixels, kMaxStrip);
+  strip = std::min(strip, p.wo);
+  plan.strips = ceil_div(p.wo, strip);
+  // Even out the strips (a last strip of a few pixels wastes the micro-kernel).
+  plan.strip_w = std::min(strip, round_up(ceil_div(p.wo, plan.strips), kConvPixels));
+  plan.strips = ceil_div(p.wo, plan.strip_w);
+  const int want_bands = ceil_div(kUnitsPerThread * threads, p.n * plan.strips);
+  plan.band_h = ceil_div(p.ho, std::clamp(want_bands, 1, p.ho));
+  plan.bands = ceil_div(p.ho, plan.band_h);
+  plan.units = p.n * plan.strips * plan.bands;
+  plan.threads = std::max(1, std::min(threads, plan.units));
+  plan.packed_weight_floats = size_t(ceil_div(p.o, kConvOBlock)) * 9 * p.c * kConvOBlock;
+  plan.norm_floats = p.groups ? size_t(p.n) * 3 * p.c : 0;
+  plan.halo_floats = 3 * size_t(plan.strip_w + 2) * p.c;
+  return plan;
+}
+
+void conv3x3(const Conv3x3Params& p, DType dt, const Conv3x3Buffers& b,
+             const Conv3x3CpuPlan& plan, float* scratch) {
+  const Conv3x3UnitFn unit = select_unit(dt);
+  switch (dt) {
+    case DType::f32: return run<float>(p, b, plan, scratch, unit);
+    case DType::f16: return run<f16>(p, b, plan, scratch, unit);
+    case DType::bf16: return run<bf16>(p, b, plan, scratch, unit);
+  }
+}
+
+const char* conv3x3_isa() {
+  const char* forced = std::getenv("FUSEDCONV_CPU_ISA");
+  if (forced && std::strcmp(forced, "generic") == 0) return "generic";
+  return cpu_has_avx2() ? "avx2" : "generic";
+}
+
+const char* conv3x3_available_isas() { return cpu_has_avx2() ? "generic,avx2" : "generic"; }
+
+}  // namespace fusedconv::cpu

@@ -1,0 +1,142 @@
+#include "ops.h"
+
+#include <cmath>
+#include <sstream>
+
+#include "mlx/ops.h"
+#include "primitives.h"
+
+namespace fusedconv {
+
+namespace {
+
+std::string shape_str(const mx::Shape& s) {
+  std::ostringstream o;
+  o << "(";
+  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+  o << (s.size() == 1 ? ",)" : ")");
+  return o.str();
+}
+
+std::string dtype_str(mx::Dtype d) {
+  std::ostringstream o;
+  o << d;
+  return o.str();
+}
+
+[[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument(msg); }
+
+void check_float(const char* name, const mx::array& a) {
+  if (a.dtype() != mx::float32 && a.dtype() != mx::float16 && a.dtype() != mx::bfloat16) {
+    throw DTypeError(std::string(name) + ": dtype " + dtype_str(a.dtype()) +
+                     " is not supported; expected float32, float16 or bfloat16");
+  }
+}
+
+void check_dtype(const char* name, const mx::array& a, mx::Dtype want, const char* why) {
+  if (a.dtype() != want) {
+    throw DTypeError(std::string(name) + ": dtype " + dtype_str(a.dtype()) + " does not match " +
+                     why + " (" + dtype_str(want) + ")");
+  }
+}
+
+void check_shape(const char* name, const mx::array& a, const mx::Shape& want, const char* what) {
+  if (a.shape() != want) {
+    fail(std::string(name) + ": expected shape " + shape_str(want) + " " + what + ", got " +
+         shape_str(a.shape()));
+  }
+}
+
+void check_image(const char* name, const mx::array& x) {
+  if (x.ndim() != 4) {
+    fail(std::string(name) + ": expected a 4-D NHWC array [N, H, W, C], got shape " +
+         shape_str(x.shape()));
+  }
+  for (int d : x.shape()) {
+    if (d <= 0) fail(std::string(name) + ": every dimension must be positive, got shape " + shape_str(x.shape()));
+  }
+  check_float(name, x);
+}
+
+void check_groups(int groups, int channels) {
+  if (groups <= 0 || channels % groups != 0) {
+    fail("groups: " + std::to_string(groups) + " must be positive and divide the " +
+         std::to_string(channels) + " channels of x");
+  }
+}
+
+}  // namespace
+
+mx::array group_norm_stats(const mx::array& x, int groups, float eps, mx::StreamOrDevice s) {
+  check_image("x", x);
+  check_groups(groups, x.shape(3));
+  if (!(eps >= 0.0f) || !std::isfinite(eps)) fail("eps: must be finite and >= 0");
+  const mx::Stream stream = mx::to_stream(s);
+  return mx::array({x.shape(0), groups, 2}, mx::float32,
+                   std::make_shared<GroupNormStats>(stream, groups, eps),
+                   {mx::contiguous(x, false, stream)});
+}
+
+mx::array conv3x3(const mx::array& x, const mx::array& weight,
+                  const std::optional<mx::array>& bias, const std::optional<mx::array>& stats,
+                  const std::optional<mx::array>& gamma, const std::optional<mx::array>& beta,
+                  bool silu, int upsample, const std::optional<mx::array>& residual,
+                  mx::StreamOrDevice s) {
+  check_image("x", x);
+  const int n = x.shape(0), c = x.shape(3);
+  if (weight.ndim() != 4 || weight.shape(1) != 3 || weight.shape(2) != 3 ||
+      weight.shape(3) != c || weight.shape(0) <= 0) {
+    fail("weight: expected shape (O, 3, 3, " + std::to_string(c) +
+         ") (the mlx.nn.Conv2d layout, C matching x), got " + shape_str(weight.shape()));
+  }
+  check_dtype("weight", weight, x.dtype(), "x");
+  const int o = weight.shape(0);
+  if (upsample != 1 && upsample != 2) {
+    fail("upsample: must be 1 or 2, got " + std::to_string(upsample));
+  }
+
+  const mx::Stream stream = mx::to_stream(s);
+  auto in = [&](const mx::array& a) { return mx::contiguous(a, false, stream); };
+  std::vector<mx::array> inputs{in(x), in(weight)};
+  Conv3x3Options opts;
+  opts.silu = silu;
+  opts.upsample = upsample;
+
+  const bool any_norm = stats || gamma || beta;
+  if (any_norm) {
+    if (!(stats && gamma && beta)) fail("norm: expected (stats, gamma, beta), all three arrays");
+    if (stats->ndim() != 3 || stats->shape(0) != n || stats->shape(2) != 2) {
+      fail("norm stats: expected shape (" + std::to_string(n) +
+           ", G, 2) from group_norm_stats(x, G), got " + shape_str(stats->shape()));
+    }
+    check_dtype("norm stats", *stats, mx::float32, "the float32 of group_norm_stats");
+    const int groups = stats->shape(1);
+    if (groups <= 0 || c % groups != 0) {
+      fail("norm stats: " + std::to_string(groups) + " groups do not divide the " +
+           std::to_string(c) + " channels of x");
+    }
+    check_shape("norm gamma", *gamma, {c}, "(one per channel of x)");
+    check_shape("norm beta", *beta, {c}, "(one per channel of x)");
+    check_dtype("norm gamma", *gamma, x.dtype(), "x");
+    check_dtype("norm beta", *beta, x.dtype(), "x");
+    opts.groups = groups;
+    inputs.insert(inputs.end(), {in(*stats), in(*gamma), in(*beta)});
+  }
+  if (bias) {
+    check_shape("bias", *bias, {o}, "(one per output channel)");
+    check_dtype("bias", *bias, x.dtype(), "x");
+    opts.has_bias = true;
+    inputs.push_back(in(*bias));
+  }
+  const mx::Shape out_shape{n, x.shape(1) * upsample, x.shape(2) * upsample, o};
+  if (residual) {
+    check_shape("residual", *residual, out_shape, "(the output's shape)");
+    check_dtype("residual", *residual, x.dtype(), "x");
+    opts.has_residual = true;
+    inputs.push_back(in(*residual));
+  }
+  return mx::array(out_shape, x.dtype(), std::make_shared<FusedConv3x3>(stream, opts),
+                   std::move(inputs));
+}
+
+}  // namespace fusedconv

@@ -1,0 +1,28 @@
+// Graph-building ops: validate arguments (errors name the argument), make
+// inputs row-contiguous, and build the primitive's output array.
+#pragma once
+
+#include <optional>
+#include <stdexcept>
+
+#include "mlx/array.h"
+#include "mlx/utils.h"
+
+namespace fusedconv {
+
+namespace mx = mlx::core;
+
+// Raised for an argument of the wrong dtype; surfaces in Python as TypeError.
+struct DTypeError : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
+mx::array group_norm_stats(const mx::array& x, int groups, float eps, mx::StreamOrDevice s = {});
+
+mx::array conv3x3(const mx::array& x, const mx::array& weight,
+                  const std::optional<mx::array>& bias, const std::optional<mx::array>& stats,
+                  const std::optional<mx::array>& gamma, const std::optional<mx::array>& beta,
+                  bool silu, int upsample, const std::optional<mx::array>& residual,
+                  mx::StreamOrDevice s = {});
+
+}  // namespace fusedconv

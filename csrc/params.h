@@ -1,0 +1,30 @@
+// Parameter structs shared by the host code of every backend and by the
+// kernels themselves. Plain C++ (no MLX, no STL) so that the Metal kernels and
+// the CPU emulator can include the same definition.
+#pragma once
+
+namespace fusedconv {
+
+// One 3x3, stride-1, padding-1 convolution of an NHWC input, with optional
+// GroupNorm(+SiLU) and nearest-2x upsample applied on load and bias/residual
+// applied on store.
+struct Conv3x3Params {
+  int n;          // batch
+  int h, w, c;    // input height, width, channels
+  int ho, wo, o;  // output height, width, channels (ho = h * upsample)
+  int groups;     // GroupNorm groups; 0 when the input is not normalised
+  int upsample;   // 1 or 2 (nearest)
+  int silu;       // apply SiLU after the norm (or to the raw input without norm)
+  int has_bias;
+  int has_residual;
+};
+
+struct GroupNormStatsParams {
+  int n;
+  int hw;  // pixels per image
+  int c;
+  int groups;
+  float eps;
+};
+
+}  // namespace fusedconv

@@ -1,0 +1,122 @@
+#include "primitives.h"
+
+#include <stdexcept>
+
+#include "cpu/conv3x3.h"
+#include "cpu/group_norm_stats.h"
+#include "cpu/parallel.h"
+#include "mlx/allocator.h"
+#include "mlx/backend/cpu/encoder.h"
+
+namespace fusedconv {
+
+namespace {
+
+cpu::DType cpu_dtype(const mx::array& a) {
+  switch (a.dtype()) {
+    case mx::float32: return cpu::DType::f32;
+    case mx::float16: return cpu::DType::f16;
+    case mx::bfloat16: return cpu::DType::bf16;
+    default: throw std::invalid_argument("fusedconv: unsupported dtype reached a kernel");
+  }
+}
+
+// Scratch lives in MLX's allocator so that mx.get_peak_memory() sees it; the
+// encoder keeps it alive until the dispatched task has run.
+mx::array scratch_array(size_t floats) {
+  mx::array s({int(std::max<size_t>(floats, 1))}, mx::float32, nullptr, {});
+  s.set_data(mx::allocator::malloc(s.nbytes()));
+  return s;
+}
+
+[[noreturn]] void no_gpu(const char* op) {
+  throw std::runtime_error(std::string("fusedconv.") + op +
+                           ": this build has no GPU backend for this MLX (Metal kernels are built "
+                           "only against MLX with Metal). Run it on the CPU stream: stream=mx.cpu.");
+}
+
+}  // namespace
+
+// ---- GroupNormStats ----------------------------------------------------------
+
+void GroupNormStats::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
+  const mx::array& x = inputs[0];
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  const GroupNormStatsParams p{x.shape(0), x.shape(1) * x.shape(2), x.shape(3), groups_, eps_};
+  const auto plan = cpu::plan_group_norm_stats(p, cpu::default_threads());
+  mx::array scratch = scratch_array(plan.scratch_floats);
+  auto& enc = mx::cpu::get_command_encoder(stream());
+  enc.set_input_array(x);
+  enc.set_output_array(out);
+  enc.dispatch([p, plan, dt = cpu_dtype(x), xp = x.data<void>(), op = out.data<float>(),
+                sp = scratch.data<float>()] { cpu::group_norm_stats(p, dt, xp, op, plan, sp); });
+  enc.add_temporary(std::move(scratch));
+}
+
+#if !defined(FUSEDCONV_METAL)
+void GroupNormStats::eval_gpu(const std::vector<mx::array>&, mx::array&) {
+  no_gpu("group_norm_stats");
+}
+#endif
+
+bool GroupNormStats::is_equivalent(const mx::Primitive& other) const {
+  const auto& o = static_cast<const GroupNormStats&>(other);
+  return groups_ == o.groups_ && eps_ == o.eps_;
+}
+
+std::vector<mx::Shape> GroupNormStats::output_shapes(const std::vector<mx::array>& inputs) {
+  return {{inputs[0].shape(0), groups_, 2}};
+}
+
+// ---- FusedConv3x3 ------------------------------------------------------------
+
+Conv3x3Params FusedConv3x3::params(const std::vector<mx::array>& inputs) const {
+  const mx::array& x = inputs[0];
+  const mx::array& w = inputs[1];
+  const int up = opts_.upsample;
+  return Conv3x3Params{x.shape(0), x.shape(1), x.shape(2), x.shape(3),
+                       x.shape(1) * up, x.shape(2) * up, w.shape(0), opts_.groups, up,
+                       int(opts_.silu), int(opts_.has_bias), int(opts_.has_residual)};
+}
+
+void FusedConv3x3::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  const Conv3x3Params p = params(inputs);
+  const auto plan = cpu::plan_conv3x3(p, cpu::default_threads());
+  mx::array scratch = scratch_array(plan.scratch_floats());
+
+  auto& enc = mx::cpu::get_command_encoder(stream());
+  for (const auto& a : inputs) enc.set_input_array(a);
+  enc.set_output_array(out);
+
+  cpu::Conv3x3Buffers b{inputs[0].data<void>(), inputs[1].data<void>(), nullptr, nullptr,
+                        nullptr, nullptr, nullptr, out.data<void>()};
+  size_t i = 2;
+  if (opts_.groups) {
+    b.stats = inputs[i++].data<float>();
+    b.gamma = inputs[i++].data<void>();
+    b.beta = inputs[i++].data<void>();
+  }
+  if (opts_.has_bias) b.bias = inputs[i++].data<void>();
+  if (opts_.has_residual) b.residual = inputs[i++].data<void>();
+
+  enc.dispatch([p, plan, b, dt = cpu_dtype(out), sp = scratch.data<float>()] {
+    cpu::conv3x3(p, dt, b, plan, sp);
+  });
+  enc.add_temporary(std::move(scratch));
+}
+
+#if !defined(FUSEDCONV_METAL)
+void FusedConv3x3::eval_gpu(const std::vector<mx::array>&, mx::array&) { no_gpu("conv3x3"); }
+#endif
+
+bool FusedConv3x3::is_equivalent(const mx::Primitive& other) const {
+  return opts_ == static_cast<const FusedConv3x3&>(other).opts_;
+}
+
+std::vector<mx::Shape> FusedConv3x3::output_shapes(const std::vector<mx::array>& inputs) {
+  const Conv3x3Params p = params(inputs);
+  return {{p.n, p.ho, p.wo, p.o}};
+}
+
+}  // namespace fusedconv

@@ -1,0 +1,53 @@
+// The two MLX primitives. Graph construction and validation live in ops.cpp;
+// each eval_* picks its backend's plan and dispatches, nothing else.
+#pragma once
+
+#include "mlx/primitives.h"
+#include "params.h"
+
+namespace fusedconv {
+
+namespace mx = mlx::core;
+
+// inputs: x [N,H,W,C]; output: float32 [N,G,2] (mean, rstd).
+class GroupNormStats : public mx::UnaryPrimitive {
+ public:
+  GroupNormStats(mx::Stream s, int groups, float eps)
+      : mx::UnaryPrimitive(s), groups_(groups), eps_(eps) {}
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
+  void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) override;
+  const char* name() const override { return "GroupNormStats"; }
+  bool is_equivalent(const mx::Primitive& other) const override;
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+
+ private:
+  int groups_;
+  float eps_;
+};
+
+// Which optional inputs a FusedConv3x3 node carries. Inputs are ordered
+// x, weight, [stats, gamma, beta], [bias], [residual].
+struct Conv3x3Options {
+  int groups = 0;  // > 0: normalise on load with (stats, gamma, beta)
+  bool silu = false;
+  int upsample = 1;
+  bool has_bias = false;
+  bool has_residual = false;
+  bool operator==(const Conv3x3Options&) const = default;
+};
+
+class FusedConv3x3 : public mx::UnaryPrimitive {
+ public:
+  FusedConv3x3(mx::Stream s, Conv3x3Options opts) : mx::UnaryPrimitive(s), opts_(opts) {}
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
+  void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) override;
+  const char* name() const override { return "FusedConv3x3"; }
+  bool is_equivalent(const mx::Primitive& other) const override;
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+
+ private:
+  Conv3x3Params params(const std::vector<mx::array>& inputs) const;
+  Conv3x3Options opts_;
+};
+
+}  // namespace fusedconv

@@ -1,0 +1,94 @@
+"""The fused ops (NHWC, as MLX). See DESIGN.md for the contract.
+
+Reference semantics, which the tests check:
+    GroupNorm(pytorch_compatible=True) -> SiLU -> Upsample(2, nearest) -> Conv2d(3x3, padding=1)
+    -> + bias -> + residual
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import mlx.core as mx
+
+from ._abi import ext
+
+StreamOrDevice = Union[None, mx.Stream, mx.Device]
+
+
+def _require_array(name: str, value, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, mx.array):
+        raise TypeError(f"{name}: expected an mlx.core.array, got {type(value).__name__}")
+
+
+def group_norm_stats(x: mx.array, groups: int, eps: float = 1e-6, *, stream: StreamOrDevice = None) -> mx.array:
+    """Per-(image, group) mean and reciprocal std of ``x`` [N, H, W, C].
+
+    Groups follow PyTorch: group g holds channels [g*C/G, (g+1)*C/G). Returns float32
+    [N, G, 2] with (mean, 1/sqrt(var + eps)), var the biased variance. No full-size temporary.
+    """
+    _require_array("x", x)
+    if isinstance(groups, bool) or not isinstance(groups, int):
+        raise TypeError(f"groups: expected an int, got {type(groups).__name__}")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool):
+        raise TypeError(f"eps: expected a float, got {type(eps).__name__}")
+    return ext.group_norm_stats(x, groups, float(eps), stream=stream)
+
+
+def conv3x3(
+    x: mx.array,
+    weight: mx.array,
+    bias: Optional[mx.array] = None,
+    *,
+    norm: Optional[Tuple[mx.array, mx.array, mx.array]] = None,
+    silu: bool = False,
+    upsample: int = 1,
+    residual: Optional[mx.array] = None,
+    stream: StreamOrDevice = None,
+) -> mx.array:
+    """3x3 convolution, stride 1, padding 1, with its input transform fused.
+
+    x [N,H,W,C]; weight [O,3,3,C] (mlx.nn.Conv2d layout); bias [O].
+    norm=(stats, gamma, beta): normalise x with ``group_norm_stats`` output and the affine
+    gamma/beta [C] on load; silu: apply SiLU after it; upsample=2: nearest 2x upsample on load;
+    residual [N,Ho,Wo,O] added after the bias. Zero padding applies to the activated input.
+    Accumulates in float32; the output has x's dtype.
+    """
+    _require_array("x", x)
+    _require_array("weight", weight)
+    _require_array("bias", bias, optional=True)
+    _require_array("residual", residual, optional=True)
+    stats = gamma = beta = None
+    if norm is not None:
+        if not isinstance(norm, (tuple, list)) or len(norm) != 3:
+            raise TypeError("norm: expected a tuple (stats, gamma, beta)")
+        stats, gamma, beta = norm
+        for name, value in (("norm stats", stats), ("norm gamma", gamma), ("norm beta", beta)):
+            _require_array(name, value)
+    if not isinstance(silu, bool):
+        raise TypeError(f"silu: expected a bool, got {type(silu).__name__}")
+    if isinstance(upsample, bool) or not isinstance(upsample, int):
+        raise TypeError(f"upsample: expected an int (1 or 2), got {type(upsample).__name__}")
+    return ext.conv3x3(x, weight, bias, stats, gamma, beta, silu, upsample, residual, stream=stream)
+
+
+def gn_silu_conv3x3(
+    x: mx.array,
+    gamma: mx.array,
+    beta: mx.array,
+    weight: mx.array,
+    bias: Optional[mx.array] = None,
+    *,
+    groups: int = 32,
+    eps: float = 1e-6,
+    upsample: int = 1,
+    residual: Optional[mx.array] = None,
+    stream: StreamOrDevice = None,
+) -> mx.array:
+    """GroupNorm(groups, eps, affine gamma/beta) -> SiLU -> [upsample] -> conv3x3 [+ residual]."""
+    stats = group_norm_stats(x, groups, eps, stream=stream)
+    return conv3x3(
+        x, weight, bias, norm=(stats, gamma, beta), silu=True, upsample=upsample, residual=residual, stream=stream
+    )
