@@ -3,4 +3,13 @@
 from .ops import conv3x3, gn_silu_conv3x3, group_norm_stats
 
 __version__ = "0.1.0"
-__all__ = ["conv3x3", "gn_silu_conv3x3", "group_norm_stats", "__version__"]
+__all__ = ["conv3x3", "gn_silu_conv3x3", "group_norm_stats", "load_decoder", "__version__"]
+
+
+def __getattr__(name):
+    # The decoder stack imports lazily so that `import fusedconv` stays light.
+    if name == "load_decoder":
+        from .vae import load_decoder
+
+        return load_decoder
+    raise AttributeError(name)

@@ -58,6 +58,11 @@ class Conv3x3(nn.Conv2d):
         return conv3x3(x, self.weight, bias, norm=norm, silu=silu, upsample=upsample, residual=residual)
 
 
+    def unfused(self, x: mx.array) -> mx.array:
+        """mlx.nn.Conv2d's own call (the reference path)."""
+        return nn.Conv2d.__call__(self, x)
+
+
 class GroupNormSiLUConv3x3(nn.Module):
     """GroupNorm -> SiLU -> [nearest 2x] -> conv3x3 [+ residual], as one fused op.
 

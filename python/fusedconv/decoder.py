@@ -1,0 +1,209 @@
+"""AutoencoderKL decoder in MLX with diffusers' structure and parameter names (NHWC).
+
+One parameter tree drives two paths: the reference path (plain mlx.nn ops: GroupNorm,
+SiLU, Upsample, Conv2d, full attention) and the fused path (group_norm_stats + conv3x3 with
+norm/SiLU/upsample/residual fused, query-chunked attention). ``set_fused`` switches in place.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .config import VAEConfig
+from .nn import Conv3x3, GroupNorm
+
+EPS = 1e-6
+# Default bound on the attention scores (and softmax) held at once.
+ATTENTION_SCORES_BUDGET = 64 * 2**20
+
+
+def _conv1x1(conv: nn.Conv2d, x: mx.array) -> mx.array:
+    """1x1 conv as one matmul: no im2col, only the output is allocated."""
+    n, h, w, c = x.shape
+    weight = conv.weight.reshape(conv.weight.shape[0], c)
+    y = mx.addmm(conv.bias, x.reshape(-1, c), weight.T)
+    return y.reshape(n, h, w, -1)
+
+
+class ResnetBlock2D(nn.Module):
+    def __init__(self, cin: int, cout: int, groups: int):
+        super().__init__()
+        self.norm1 = GroupNorm(groups, cin, eps=EPS)
+        self.conv1 = Conv3x3(cin, cout)
+        self.norm2 = GroupNorm(groups, cout, eps=EPS)
+        self.conv2 = Conv3x3(cout, cout)
+        if cin != cout:
+            self.conv_shortcut = nn.Conv2d(cin, cout, 1)
+
+    def __call__(self, x: mx.array, fused: bool) -> mx.array:
+        has_shortcut = "conv_shortcut" in self
+        if not fused:
+            h = self.conv1.unfused(nn.silu(self.norm1(x)))
+            h = self.conv2.unfused(nn.silu(self.norm2(h)))
+            return (self.conv_shortcut(x) if has_shortcut else x) + h
+        shortcut = _conv1x1(self.conv_shortcut, x) if has_shortcut else x
+        h = self.conv1(x, norm=self.norm1.norm_args(x), silu=True)
+        return self.conv2(h, norm=self.norm2.norm_args(h), silu=True, residual=shortcut)
+
+
+class Attention(nn.Module):
+    """Single-head self-attention over pixels with a GroupNorm in front and a residual."""
+
+    def __init__(self, c: int, groups: int):
+        super().__init__()
+        self.group_norm = GroupNorm(groups, c, eps=EPS)
+        self.to_q = nn.Linear(c, c)
+        self.to_k = nn.Linear(c, c)
+        self.to_v = nn.Linear(c, c)
+        self.to_out = [nn.Linear(c, c)]
+
+    def __call__(self, x: mx.array, fused: bool, scores_budget: int) -> mx.array:
+        n, h, w, c = x.shape
+        t = self.group_norm(x).reshape(n, h * w, c)
+        q, k, v = self.to_q(t), self.to_k(t), self.to_v(t)
+        scale = 1.0 / math.sqrt(c)
+        if fused:
+            o = chunked_attention(q, k, v, scale, scores_budget)
+        else:
+            o = mx.fast.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], scale=scale)[:, 0]
+        return self.to_out[0](o).reshape(n, h, w, c) + x
+
+
+def attention_query_chunk(batch: int, tokens: int, itemsize: int, scores_budget: int) -> int:
+    """Query rows per chunk so that scores + probabilities (+ the f32 softmax) fit the budget."""
+    per_row = batch * tokens * (2 * itemsize + 4)
+    return max(1, min(tokens, scores_budget // per_row))
+
+
+def chunked_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, scores_budget: int) -> mx.array:
+    """softmax(q k^T * scale) v, a block of query rows at a time: never tokens x tokens scores."""
+    tokens = q.shape[1]
+    rows = attention_query_chunk(q.shape[0], k.shape[1], q.itemsize, scores_budget)
+    kt = k.transpose(0, 2, 1)
+    outs = []
+    for r0 in range(0, tokens, rows):
+        s = (q[:, r0 : r0 + rows] * scale) @ kt
+        outs.append(mx.softmax(s, axis=-1, precise=True) @ v)
+    return outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=1)
+
+
+class MidBlock(nn.Module):
+    def __init__(self, c: int, groups: int, add_attention: bool):
+        super().__init__()
+        self.resnets = [ResnetBlock2D(c, c, groups), ResnetBlock2D(c, c, groups)]
+        self.attentions = [Attention(c, groups)] if add_attention else []
+
+    def __call__(self, x: mx.array, fused: bool, scores_budget: int) -> mx.array:
+        x = self.resnets[0](x, fused)
+        for attn in self.attentions:
+            x = attn(x, fused, scores_budget)
+        return self.resnets[1](x, fused)
+
+
+class Upsample2D(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv = Conv3x3(c, c)
+
+    def __call__(self, x: mx.array, fused: bool) -> mx.array:
+        if fused:
+            return self.conv(x, upsample=2)
+        return self.conv.unfused(nn.Upsample(scale_factor=2, mode="nearest")(x))
+
+
+class UpDecoderBlock2D(nn.Module):
+    def __init__(self, cin: int, cout: int, layers: int, groups: int, add_upsample: bool):
+        super().__init__()
+        self.resnets = [ResnetBlock2D(cin if i == 0 else cout, cout, groups) for i in range(layers)]
+        self.upsamplers = [Upsample2D(cout)] if add_upsample else []
+
+    def __call__(self, x: mx.array, fused: bool) -> mx.array:
+        for r in self.resnets:
+            x = r(x, fused)
+        for u in self.upsamplers:
+            x = u(x, fused)
+        return x
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        ch, groups = cfg.block_out_channels, cfg.norm_num_groups
+        self.conv_in = Conv3x3(cfg.latent_channels, ch[-1])
+        self.mid_block = MidBlock(ch[-1], groups, cfg.mid_block_add_attention)
+        rev = list(reversed(ch))
+        self.up_blocks = [
+            UpDecoderBlock2D(rev[max(i - 1, 0)], c, cfg.layers_per_block + 1, groups, i < len(ch) - 1)
+            for i, c in enumerate(rev)
+        ]
+        self.conv_norm_out = GroupNorm(groups, ch[0], eps=EPS)
+        self.conv_out = Conv3x3(ch[0], cfg.out_channels)
+
+    def stages(self, fused: bool, scores_budget: int):
+        """The decode as a list of (name, fn) stages, each a function of the previous output."""
+        def head(z):
+            h = self.conv_in(z) if fused else self.conv_in.unfused(z)
+            return self.mid_block(h, fused, scores_budget)
+
+        def tail(h):
+            if fused:
+                return self.conv_out(h, norm=self.conv_norm_out.norm_args(h), silu=True)
+            return self.conv_out.unfused(nn.silu(self.conv_norm_out(h)))
+
+        out = [("conv_in+mid_block", head)]
+        out += [(f"up_blocks.{i}", (lambda b: lambda h: b(h, fused))(b)) for i, b in enumerate(self.up_blocks)]
+        out.append(("conv_out", tail))
+        return out
+
+
+class AutoencoderKLDecoder(nn.Module):
+    """``decoder(z)`` = diffusers ``AutoencoderKL.decode(z).sample`` in NHWC (z unscaled)."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.config = config
+        if config.use_post_quant_conv:
+            self.post_quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, 1)
+        self.decoder = Decoder(config)
+        self.fused = True
+        self.attention_scores_budget = ATTENTION_SCORES_BUDGET
+
+    def set_fused(self, flag: bool = True) -> "AutoencoderKLDecoder":
+        """Fused ops (True, the default) or the plain mlx.nn reference path (False)."""
+        self.fused = bool(flag)
+        return self
+
+    def _check_latent(self, z: mx.array) -> None:
+        if not isinstance(z, mx.array):
+            raise TypeError(f"z: expected an mlx.core.array, got {type(z).__name__}")
+        if z.ndim != 4 or z.shape[-1] != self.config.latent_channels:
+            raise ValueError(
+                f"z: expected NHWC latents [N, h, w, {self.config.latent_channels}] for this config, got {z.shape}"
+            )
+
+    def decode(self, z: mx.array, on_stage: Optional[Callable[[str], None]] = None) -> mx.array:
+        """Decodes stage by stage, evaluating each (bounds the lazy graph, reports progress)."""
+        self._check_latent(z)
+        h = z.astype(self.decoder.conv_in.weight.dtype)
+        if "post_quant_conv" in self:
+            h = _conv1x1(self.post_quant_conv, h) if self.fused else self.post_quant_conv(h)
+        for name, stage in self.decoder.stages(self.fused, self.attention_scores_budget):
+            h = stage(h)
+            mx.eval(h)
+            if on_stage is not None:
+                on_stage(name)
+        return h
+
+    def __call__(self, z: mx.array) -> mx.array:
+        return self.decode(z)
+
+    def decode_latents(self, latents: mx.array, on_stage: Optional[Callable[[str], None]] = None) -> mx.array:
+        """Undoes the pipeline's latent scaling (and shift) before decoding."""
+        z = latents / self.config.scaling_factor
+        if self.config.shift_factor is not None:
+            z = z + self.config.shift_factor
+        return self.decode(z, on_stage)

@@ -1,0 +1,17 @@
+"""The AutoencoderKL decoder API: model, configs and presets, weight loading, memory floor."""
+
+from .config import PRESETS, VAEConfig
+from .decoder import AutoencoderKLDecoder, chunked_attention
+from .memory import decoder_floor_bytes, decoder_parameter_count
+from .weights import load_decoder, load_state
+
+__all__ = [
+    "PRESETS",
+    "VAEConfig",
+    "AutoencoderKLDecoder",
+    "chunked_attention",
+    "decoder_floor_bytes",
+    "decoder_parameter_count",
+    "load_decoder",
+    "load_state",
+]

@@ -1,0 +1,131 @@
+"""Loading decoder weights from diffusers folders and single-file LDM / BFL / SDXL
+checkpoints. Only decoder tensors are ever read: mx.load maps safetensors lazily, and each
+tensor is converted (OIHW -> OHWI, dtype) and evaluated on its own as it streams in."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Union
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from .config import VAEConfig, resolve_config
+from .decoder import AutoencoderKLDecoder
+
+# Prefixes a VAE's tensors carry inside full pipeline checkpoints.
+_CHECKPOINT_PREFIXES = ("first_stage_model.", "vae.")
+
+
+def _ldm_to_diffusers(key: str, num_up: int) -> Optional[str]:
+    """Original LDM / BFL decoder key -> diffusers key (None for non-decoder keys)."""
+    if key.startswith("post_quant_conv."):
+        return key
+    if not key.startswith("decoder."):
+        return None
+    k = key[len("decoder.") :]
+    k = re.sub(r"^mid\.block_(\d)\.", lambda m: f"mid_block.resnets.{int(m[1]) - 1}.", k)
+    k = re.sub(r"^mid\.attn_1\.", "mid_block.attentions.0.", k)
+    k = re.sub(r"^up\.(\d+)\.block\.", lambda m: f"up_blocks.{num_up - 1 - int(m[1])}.resnets.", k)
+    k = re.sub(r"^up\.(\d+)\.upsample\.", lambda m: f"up_blocks.{num_up - 1 - int(m[1])}.upsamplers.0.", k)
+    k = k.replace("nin_shortcut.", "conv_shortcut.")
+    k = re.sub(r"^norm_out\.", "conv_norm_out.", k)
+    if k.startswith("mid_block.attentions.0."):
+        k = (
+            k.replace(".norm.", ".group_norm.")
+            .replace(".q.", ".to_q.")
+            .replace(".k.", ".to_k.")
+            .replace(".v.", ".to_v.")
+            .replace(".proj_out.", ".to_out.0.")
+        )
+    return "decoder." + k
+
+
+def _is_decoder_key(key: str) -> bool:
+    return key.startswith("decoder.") or key.startswith("post_quant_conv.")
+
+
+def _strip_prefix(keys) -> str:
+    for prefix in _CHECKPOINT_PREFIXES:
+        if any(k.startswith(prefix + "decoder.") for k in keys):
+            return prefix
+    return ""
+
+
+def _convert(name: str, value: mx.array, target_shape, dtype) -> mx.array:
+    if value.ndim == 4 and len(target_shape) == 4:
+        value = value.transpose(0, 2, 3, 1)  # OIHW -> OHWI
+    elif value.ndim == 4 and len(target_shape) == 2:
+        value = value.reshape(value.shape[0], value.shape[1])  # LDM 1x1-conv attention projections
+    if tuple(value.shape) != tuple(target_shape):
+        raise ValueError(f"weights: {name} has shape {tuple(value.shape)}, the config expects {tuple(target_shape)}")
+    return value.astype(dtype)
+
+
+def load_state(model: AutoencoderKLDecoder, tensors: Mapping[str, mx.array], dtype=mx.bfloat16) -> None:
+    """Loads a flat {key: array} (diffusers or LDM/BFL keys, optional checkpoint prefix) into model."""
+    prefix = _strip_prefix(tensors.keys())
+    num_up = len(model.config.block_out_channels)
+    diffusers_style = any(k[len(prefix) :].startswith(("decoder.mid_block.", "decoder.up_blocks.")) for k in tensors)
+    expected = dict(tree_flatten(model.parameters()))
+    found: Dict[str, mx.array] = {}
+    for key, value in tensors.items():
+        if not key.startswith(prefix):
+            continue
+        k = key[len(prefix) :]
+        if not _is_decoder_key(k):
+            continue
+        name = k if diffusers_style else _ldm_to_diffusers(k, num_up)
+        if name not in expected:
+            raise ValueError(f"weights: {key!r} does not fit this config (no parameter {name!r})")
+        found[name] = _convert(key, value, expected[name].shape, dtype)
+        mx.eval(found[name])  # stream: one converted tensor at a time
+    if not found:
+        raise ValueError("weights: the checkpoint has no VAE decoder tensors (decoder.* / post_quant_conv.*)")
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        raise ValueError(f"weights: {len(missing)} decoder tensors missing, e.g. {missing[:3]}")
+    model.load_weights(list(found.items()), strict=True)
+
+
+def _weights_file(folder: Path) -> Path:
+    preferred = folder / "diffusion_pytorch_model.safetensors"
+    if preferred.exists():
+        return preferred
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"path: no .safetensors weights in {folder}")
+    return files[0]
+
+
+def load_decoder(
+    path: Union[str, Path],
+    *,
+    config: Union[None, str, Mapping, VAEConfig] = None,
+    dtype=mx.bfloat16,
+) -> AutoencoderKLDecoder:
+    """Loads a decoder from a diffusers folder (or a pipeline folder with vae/), or from a
+    single .safetensors VAE / full checkpoint (then config= a preset name or dict is required)."""
+    path = Path(path)
+    cfg = resolve_config(config)
+    if path.is_dir():
+        folder = path / "vae" if (path / "vae" / "config.json").exists() else path
+        if cfg is None:
+            cfg_file = folder / "config.json"
+            if not cfg_file.exists():
+                raise FileNotFoundError(f"path: {folder} has no config.json; pass config=")
+            cfg = VAEConfig.from_dict(json.loads(cfg_file.read_text()))
+        weights = _weights_file(folder)
+    elif path.is_file():
+        if path.suffix != ".safetensors":
+            raise ValueError(f"path: expected a .safetensors file or a diffusers folder, got {path}")
+        if cfg is None:
+            raise ValueError("config: a single-file checkpoint needs config= (a preset name or a dict)")
+        weights = path
+    else:
+        raise FileNotFoundError(f"path: {path} does not exist")
+    model = AutoencoderKLDecoder(cfg)
+    load_state(model, mx.load(str(weights)), dtype)
+    return model
