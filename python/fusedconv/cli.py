@@ -1,4 +1,5 @@
-"""Command line: `fusedconv demo` (fused vs mlx.nn on one VAE conv)."""
+"""Command line: `fusedconv demo` (fused vs mlx.nn on one VAE conv) and
+`fusedconv decode` (latents -> PNG through the MLX AutoencoderKL decoder)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,12 @@ import argparse
 import gc
 import sys
 import time
+from pathlib import Path
 
 import mlx.core as mx
+import numpy as np
+
+from .config import PRESETS
 
 DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
 MiB = 2**20
@@ -57,6 +62,60 @@ def demo(args) -> int:
     return 0
 
 
+def _read_latents(path: Path, latent_channels: int) -> mx.array:
+    if path.suffix == ".npy":
+        z = mx.array(np.load(path))
+    elif path.suffix == ".safetensors":
+        tensors = mx.load(str(path))
+        if len(tensors) != 1 and "latents" not in tensors:
+            raise ValueError(f"latents: {path} holds {len(tensors)} tensors; name the latents 'latents'")
+        z = tensors["latents"] if "latents" in tensors else next(iter(tensors.values()))
+    else:
+        raise ValueError(f"latents: expected a .npy or .safetensors file, got {path}")
+    if z.ndim == 3:
+        z = z[None]
+    if z.ndim != 4:
+        raise ValueError(f"latents: expected [N, C, h, w] or [N, h, w, C], got shape {z.shape}")
+    if z.shape[-1] != latent_channels and z.shape[1] == latent_channels:
+        z = z.transpose(0, 2, 3, 1)  # NCHW as pipelines save it
+    if z.shape[-1] != latent_channels:
+        raise ValueError(f"latents: shape {z.shape} has no axis of {latent_channels} channels, as this config needs")
+    return z.astype(mx.float32)
+
+
+def _save_images(images: mx.array, out: Path) -> list:
+    from PIL import Image
+
+    pixels = np.array((mx.clip(images.astype(mx.float32) / 2 + 0.5, 0, 1) * 255).round().astype(mx.uint8))
+    paths = [out] if len(pixels) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(pixels))]
+    for p, img in zip(paths, pixels):
+        Image.fromarray(img).save(p)
+    return paths
+
+
+def decode(args) -> int:
+    from tqdm import tqdm
+
+    from .vae import load_decoder
+
+    for name, p in (("latents", args.latents), ("--weights", args.weights)):
+        if not Path(p).exists():
+            raise FileNotFoundError(f"{name}: {p} does not exist")
+    decoder = load_decoder(args.weights, config=args.config, dtype=DTYPES[args.dtype]).set_fused(not args.reference)
+    z = _read_latents(Path(args.latents), decoder.config.latent_channels)
+    stages = len(decoder.config.block_out_channels) + 2
+    with tqdm(total=stages, desc="decode", unit="stage", disable=args.quiet) as bar:
+        images, seconds, peak = _measure(
+            lambda: (decoder.decode if args.no_scaling else decoder.decode_latents)(z, on_stage=lambda _: bar.update())
+        )
+    paths = _save_images(images, Path(args.output))
+    n, h, w, _ = images.shape
+    path_name = "reference (mlx.nn)" if args.reference else "fused"
+    print(f"decoded {n}x{h}x{w} ({path_name}, {args.dtype}) in {seconds:.2f} s, "
+          f"peak {peak / MiB:.1f} MiB above weights+latents -> {', '.join(map(str, paths))}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fusedconv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,8 +125,23 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
     p.add_argument("--skip-reference", action="store_true", help="run only the fused op")
     p.set_defaults(func=demo)
+
+    p = sub.add_parser("decode", help="decode latents to a PNG")
+    p.add_argument("latents", help="latents .npy or .safetensors, [N,C,h,w] or [N,h,w,C]")
+    p.add_argument("--weights", required=True, help="diffusers VAE folder, pipeline folder, or .safetensors file")
+    p.add_argument("--config", help=f"preset for single-file weights: {', '.join(PRESETS)}")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    p.add_argument("--reference", action="store_true", help="use the unfused mlx.nn path")
+    p.add_argument("--no-scaling", action="store_true", help="latents are already unscaled (skip scaling/shift)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-o", "--output", default="decoded.png", help="output PNG (index appended for batches)")
+    p.set_defaults(func=decode)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, TypeError) as e:
+        print(f"fusedconv {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -88,6 +88,9 @@ def chunked_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, score
     for r0 in range(0, tokens, rows):
         s = (q[:, r0 : r0 + rows] * scale) @ kt
         outs.append(mx.softmax(s, axis=-1, precise=True) @ v)
+        # Evaluate chunk by chunk: left lazy, MLX allocates the next chunks' scores
+        # before the CPU stream has freed the previous ones.
+        mx.eval(outs[-1])
     return outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=1)
 
 

@@ -1,0 +1,66 @@
+"""diffusers AutoencoderKL models with random weights, saved with save_pretrained."""
+
+from __future__ import annotations
+
+import numpy as np
+
+CONFIGS = {
+    # 3 blocks, post_quant_conv, one resnet per block (+1), SD-style 4 latent channels.
+    "sd-like-3block": dict(block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=4,
+                           norm_num_groups=8, use_post_quant_conv=True),
+    # 4 blocks, no post_quant_conv, Flux/SD3-style 16 latent channels.
+    "flux-like-4block": dict(block_out_channels=(16, 32, 64, 64), layers_per_block=2, latent_channels=16,
+                             norm_num_groups=8, use_post_quant_conv=False),
+}
+
+
+def diffusers_vae(name: str, seed: int = 0):
+    import torch
+    from diffusers import AutoencoderKL
+
+    cfg = dict(CONFIGS[name])
+    n = len(cfg["block_out_channels"])
+    model = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n, **cfg,
+    ).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name_, p in model.named_parameters():
+            if p.ndim == 1 and ("norm" in name_) and name_.endswith("weight"):
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=gen))  # GroupNorm gamma around 1
+            else:
+                fan_in = p[0].numel() if p.ndim > 1 else 1
+                p.copy_(torch.randn(p.shape, generator=gen) / np.sqrt(fan_in) * (1.0 if p.ndim > 1 else 0.1))
+    return model
+
+
+def diffusers_decode(model, z_nhwc: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        out = model.decode(torch.from_numpy(z_nhwc.transpose(0, 3, 1, 2).copy())).sample
+    return out.numpy().transpose(0, 2, 3, 1)
+
+
+def to_ldm(state: dict, num_up: int) -> dict:
+    """diffusers decoder keys -> original LDM keys (the inverse of diffusers' converter)."""
+    import re
+
+    out = {}
+    for key, value in state.items():
+        if not (key.startswith("decoder.") or key.startswith("post_quant_conv.")):
+            continue
+        k = key
+        k = re.sub(r"mid_block\.resnets\.(\d)\.", lambda m: f"mid.block_{int(m[1]) + 1}.", k)
+        k = re.sub(r"up_blocks\.(\d+)\.resnets\.", lambda m: f"up.{num_up - 1 - int(m[1])}.block.", k)
+        k = re.sub(r"up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"up.{num_up - 1 - int(m[1])}.upsample.", k)
+        k = k.replace("conv_shortcut.", "nin_shortcut.").replace("conv_norm_out.", "norm_out.")
+        if "mid_block.attentions.0." in k:
+            k = k.replace("mid_block.attentions.0.", "mid.attn_1.")
+            k = (k.replace("group_norm.", "norm.").replace("to_q.", "q.").replace("to_k.", "k.")
+                 .replace("to_v.", "v.").replace("to_out.0.", "proj_out."))
+            if value.ndim == 2:
+                value = value[:, :, None, None]  # LDM stores the projections as 1x1 convs
+        out[k] = value
+    return out
