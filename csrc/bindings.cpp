@@ -23,7 +23,7 @@ NB_MODULE(_ext, m) {
         nb::kw_only(), "stream"_a = nb::none());
   m.def("conv3x3", &fusedconv::conv3x3, "x"_a, "weight"_a, "bias"_a.none(), "stats"_a.none(),
         "gamma"_a.none(), "beta"_a.none(), "silu"_a, "upsample"_a, "residual"_a.none(),
-        nb::kw_only(), "stream"_a = nb::none());
+        "shortcut_x"_a.none(), "shortcut_weight"_a.none(), "shortcut_bias"_a.none(), nb::kw_only(), "stream"_a = nb::none());
   m.def("cpu_isa", &fusedconv::cpu::conv3x3_isa,
         "Instruction set the CPU conv3x3 uses now (FUSEDCONV_CPU_ISA may force 'generic').");
   m.def("cpu_isas", [] { return std::string(fusedconv::cpu::conv3x3_available_isas()); },

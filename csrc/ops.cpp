@@ -81,7 +81,9 @@ mx::array conv3x3(const mx::array& x, const mx::array& weight,
                   const std::optional<mx::array>& bias, const std::optional<mx::array>& stats,
                   const std::optional<mx::array>& gamma, const std::optional<mx::array>& beta,
                   bool silu, int upsample, const std::optional<mx::array>& residual,
-                  mx::StreamOrDevice s) {
+                  const std::optional<mx::array>& shortcut_x,
+                  const std::optional<mx::array>& shortcut_weight,
+                  const std::optional<mx::array>& shortcut_bias, mx::StreamOrDevice s) {
   check_image("x", x);
   const int n = x.shape(0), c = x.shape(3);
   if (weight.ndim() != 4 || weight.shape(1) != 3 || weight.shape(2) != 3 ||
@@ -134,6 +136,28 @@ mx::array conv3x3(const mx::array& x, const mx::array& weight,
     check_dtype("residual", *residual, x.dtype(), "x");
     opts.has_residual = true;
     inputs.push_back(in(*residual));
+  }
+  if (shortcut_x || shortcut_weight || shortcut_bias) {
+    if (!(shortcut_x && shortcut_weight)) fail("shortcut: expected (x, weight, bias), x and weight arrays");
+    if (residual) fail("shortcut: give either residual or shortcut, not both");
+    const mx::array& sx = *shortcut_x;
+    if (sx.ndim() != 4 || sx.shape(0) != n || sx.shape(1) != out_shape[1] ||
+        sx.shape(2) != out_shape[2] || sx.shape(3) <= 0) {
+      fail("shortcut x: expected shape (" + std::to_string(n) + ", " + std::to_string(out_shape[1]) +
+           ", " + std::to_string(out_shape[2]) + ", Cs) (the output's pixels), got " + shape_str(sx.shape()));
+    }
+    check_shape("shortcut weight", *shortcut_weight, {o, 1, 1, sx.shape(3)},
+                "(the mlx.nn.Conv2d layout of a 1x1 conv from Cs to O channels)");
+    check_dtype("shortcut x", sx, x.dtype(), "x");
+    check_dtype("shortcut weight", *shortcut_weight, x.dtype(), "x");
+    opts.has_shortcut = true;
+    inputs.insert(inputs.end(), {in(sx), in(*shortcut_weight)});
+    if (shortcut_bias) {
+      check_shape("shortcut bias", *shortcut_bias, {o}, "(one per output channel)");
+      check_dtype("shortcut bias", *shortcut_bias, x.dtype(), "x");
+      opts.has_shortcut_bias = true;
+      inputs.push_back(in(*shortcut_bias));
+    }
   }
   return mx::array(out_shape, x.dtype(), std::make_shared<FusedConv3x3>(stream, opts),
                    std::move(inputs));

@@ -23,6 +23,8 @@ mx::array conv3x3(const mx::array& x, const mx::array& weight,
                   const std::optional<mx::array>& bias, const std::optional<mx::array>& stats,
                   const std::optional<mx::array>& gamma, const std::optional<mx::array>& beta,
                   bool silu, int upsample, const std::optional<mx::array>& residual,
-                  mx::StreamOrDevice s = {});
+                  const std::optional<mx::array>& shortcut_x,
+                  const std::optional<mx::array>& shortcut_weight,
+                  const std::optional<mx::array>& shortcut_bias, mx::StreamOrDevice s = {});
 
 }  // namespace fusedconv

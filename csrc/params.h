@@ -17,6 +17,9 @@ struct Conv3x3Params {
   int silu;       // apply SiLU after the norm (or to the raw input without norm)
   int has_bias;
   int has_residual;
+  int shortcut_c;  // > 0: add a 1x1 conv of a second [N,Ho,Wo,shortcut_c] input (a
+                   // resnet's channel-changing shortcut) instead of a residual array
+  int has_shortcut_bias;
 };
 
 struct GroupNormStatsParams {

@@ -74,9 +74,15 @@ Conv3x3Params FusedConv3x3::params(const std::vector<mx::array>& inputs) const {
   const mx::array& x = inputs[0];
   const mx::array& w = inputs[1];
   const int up = opts_.upsample;
+  const int shortcut_c = opts_.has_shortcut ? inputs[shortcut_index()].shape(3) : 0;
   return Conv3x3Params{x.shape(0), x.shape(1), x.shape(2), x.shape(3),
                        x.shape(1) * up, x.shape(2) * up, w.shape(0), opts_.groups, up,
-                       int(opts_.silu), int(opts_.has_bias), int(opts_.has_residual)};
+                       int(opts_.silu), int(opts_.has_bias), int(opts_.has_residual),
+                       shortcut_c, int(opts_.has_shortcut_bias)};
+}
+
+size_t FusedConv3x3::shortcut_index() const {
+  return 2 + (opts_.groups ? 3 : 0) + (opts_.has_bias ? 1 : 0);
 }
 
 void FusedConv3x3::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
@@ -89,8 +95,10 @@ void FusedConv3x3::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out
   for (const auto& a : inputs) enc.set_input_array(a);
   enc.set_output_array(out);
 
-  cpu::Conv3x3Buffers b{inputs[0].data<void>(), inputs[1].data<void>(), nullptr, nullptr,
-                        nullptr, nullptr, nullptr, out.data<void>()};
+  cpu::Conv3x3Buffers b{};
+  b.x = inputs[0].data<void>();
+  b.weight = inputs[1].data<void>();
+  b.out = out.data<void>();
   size_t i = 2;
   if (opts_.groups) {
     b.stats = inputs[i++].data<float>();
@@ -99,6 +107,11 @@ void FusedConv3x3::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out
   }
   if (opts_.has_bias) b.bias = inputs[i++].data<void>();
   if (opts_.has_residual) b.residual = inputs[i++].data<void>();
+  if (opts_.has_shortcut) {
+    b.shortcut_x = inputs[i++].data<void>();
+    b.shortcut_w = inputs[i++].data<void>();
+    if (opts_.has_shortcut_bias) b.shortcut_bias = inputs[i++].data<void>();
+  }
 
   enc.dispatch([p, plan, b, dt = cpu_dtype(out), sp = scratch.data<float>()] {
     cpu::conv3x3(p, dt, b, plan, sp);

@@ -26,13 +26,15 @@ class GroupNormStats : public mx::UnaryPrimitive {
 };
 
 // Which optional inputs a FusedConv3x3 node carries. Inputs are ordered
-// x, weight, [stats, gamma, beta], [bias], [residual].
+// x, weight, [stats, gamma, beta], [bias], [residual | shortcut_x, shortcut_w, [shortcut_b]].
 struct Conv3x3Options {
   int groups = 0;  // > 0: normalise on load with (stats, gamma, beta)
   bool silu = false;
   int upsample = 1;
   bool has_bias = false;
   bool has_residual = false;
+  bool has_shortcut = false;
+  bool has_shortcut_bias = false;
   bool operator==(const Conv3x3Options&) const = default;
 };
 
@@ -47,6 +49,7 @@ class FusedConv3x3 : public mx::UnaryPrimitive {
 
  private:
   Conv3x3Params params(const std::vector<mx::array>& inputs) const;
+  size_t shortcut_index() const;
   Conv3x3Options opts_;
 };
 

@@ -35,17 +35,17 @@ Conv3x3UnitFn select_unit(DType dt) {
   return generic::conv3x3_unit(dt);
 }
 
+// [O][taps][C] -> [ceil(O/16)][taps][C][16] f32, zero beyond O.
 template <class T>
-void pack_weights(const Conv3x3Params& p, const T* w, float* packed, int threads) {
-  const int C = p.c;
-  const int oblocks = ceil_div(p.o, kConvOBlock);
-  parallel_for(oblocks * 9, threads, [&](int task, int) {
-    const int ob = task / 9, tap = task % 9;
-    float* dst = packed + (size_t(ob) * 9 + tap) * C * kConvOBlock;
+void pack_weights(const T* w, int o_count, int taps, int C, float* packed, int threads) {
+  const int oblocks = ceil_div(o_count, kConvOBlock);
+  parallel_for(oblocks * taps, threads, [&](int task, int) {
+    const int ob = task / taps, tap = task % taps;
+    float* dst = packed + (size_t(ob) * taps + tap) * C * kConvOBlock;
     for (int c = 0; c < C; ++c) {
       for (int j = 0; j < kConvOBlock; ++j) {
         const int o = ob * kConvOBlock + j;
-        dst[size_t(c) * kConvOBlock + j] = o < p.o ? to_f32(w[(size_t(o) * 9 + tap) * C + c]) : 0.0f;
+        dst[size_t(c) * kConvOBlock + j] = o < o_count ? to_f32(w[(size_t(o) * taps + tap) * C + c]) : 0.0f;
       }
     }
   });
@@ -73,11 +73,13 @@ template <class T>
 void run(const Conv3x3Params& p, const Conv3x3Buffers& b, const Conv3x3CpuPlan& plan,
          float* scratch, Conv3x3UnitFn unit) {
   float* packed = scratch;
-  float* norm = p.groups ? packed + plan.packed_weight_floats : nullptr;
-  float* halos = packed + plan.packed_weight_floats + plan.norm_floats;
-  pack_weights(p, static_cast<const T*>(b.weight), packed, plan.threads);
+  float* packed_sc = p.shortcut_c ? packed + plan.packed_weight_floats : nullptr;
+  float* norm = p.groups ? packed + plan.packed_weight_floats + plan.packed_shortcut_floats : nullptr;
+  float* halos = packed + plan.packed_weight_floats + plan.packed_shortcut_floats + plan.norm_floats;
+  pack_weights(static_cast<const T*>(b.weight), p.o, 9, p.c, packed, plan.threads);
+  if (packed_sc) pack_weights(static_cast<const T*>(b.shortcut_w), p.o, 1, p.shortcut_c, packed_sc, plan.threads);
   if (norm) fill_norm<T>(p, b, norm);
-  const Conv3x3Job job{&p, b, packed, norm};
+  const Conv3x3Job job{&p, b, packed, packed_sc, norm};
   parallel_for(plan.units, plan.threads, [&](int u, int worker) {
     const int strip = u % plan.strips;
     const int band = (u / plan.strips) % plan.bands;
@@ -113,6 +115,7 @@ Conv3x3CpuPlan plan_conv3x3(const Conv3x3Params& p, int threads) {
   plan.units = p.n * plan.strips * plan.bands;
   plan.threads = std::max(1, std::min(threads, plan.units));
   plan.packed_weight_floats = size_t(ceil_div(p.o, kConvOBlock)) * 9 * p.c * kConvOBlock;
+  plan.packed_shortcut_floats = size_t(ceil_div(p.o, kConvOBlock)) * p.shortcut_c * kConvOBlock;
   plan.norm_floats = p.groups ? size_t(p.n) * 3 * p.c : 0;
   plan.halo_floats = 3 * size_t(plan.strip_w + 2) * p.c;
   return plan;

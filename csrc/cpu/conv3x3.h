@@ -24,6 +24,9 @@ struct Conv3x3Buffers {
   const void* beta;      // [C]; null without norm
   const void* bias;      // [O] or null
   const void* residual;  // [N,Ho,Wo,O] or null
+  const void* shortcut_x;     // [N,Ho,Wo,Cs] or null
+  const void* shortcut_w;     // [O,1,1,Cs] or null
+  const void* shortcut_bias;  // [O] or null
   void* out;             // [N,Ho,Wo,O]
 };
 
@@ -35,10 +38,11 @@ struct Conv3x3CpuPlan {
   int band_h;    // output rows per work unit
   int strips, bands, units;
   size_t packed_weight_floats;  // ceil(O/16) * 9 * C * 16
+  size_t packed_shortcut_floats;  // ceil(O/16) * Cs * 16
   size_t norm_floats;           // N * 3 * C (mean, scale, shift per channel)
   size_t halo_floats;           // per worker: 3 rows * (strip_w + 2) * C
   size_t scratch_floats() const {
-    return packed_weight_floats + norm_floats + size_t(threads) * halo_floats;
+    return packed_weight_floats + packed_shortcut_floats + norm_floats + size_t(threads) * halo_floats;
   }
 };
 
@@ -59,6 +63,7 @@ struct Conv3x3Job {
   const Conv3x3Params* p;
   Conv3x3Buffers b;
   const float* packed_w;  // [ceil(O/16)][9][C][16]
+  const float* packed_sc; // [ceil(O/16)][Cs][16] or null
   const float* norm;      // [N][3][C] or null
 };
 using Conv3x3UnitFn = void (*)(const Conv3x3Job&, int n, int y0, int y1, int x0,

@@ -103,8 +103,7 @@ def decode(args) -> int:
             raise FileNotFoundError(f"{name}: {p} does not exist")
     decoder = load_decoder(args.weights, config=args.config, dtype=DTYPES[args.dtype]).set_fused(not args.reference)
     z = _read_latents(Path(args.latents), decoder.config.latent_channels)
-    stages = len(decoder.config.block_out_channels) + 2
-    with tqdm(total=stages, desc="decode", unit="stage", disable=args.quiet) as bar:
+    with tqdm(total=len(decoder.stages()), desc="decode", unit="stage", disable=args.quiet) as bar:
         images, seconds, peak = _measure(
             lambda: (decoder.decode if args.no_scaling else decoder.decode_latents)(z, on_stage=lambda _: bar.update())
         )

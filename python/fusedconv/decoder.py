@@ -45,9 +45,12 @@ class ResnetBlock2D(nn.Module):
             h = self.conv1.unfused(nn.silu(self.norm1(x)))
             h = self.conv2.unfused(nn.silu(self.norm2(h)))
             return (self.conv_shortcut(x) if has_shortcut else x) + h
-        shortcut = _conv1x1(self.conv_shortcut, x) if has_shortcut else x
         h = self.conv1(x, norm=self.norm1.norm_args(x), silu=True)
-        return self.conv2(h, norm=self.norm2.norm_args(h), silu=True, residual=shortcut)
+        norm2 = self.norm2.norm_args(h)
+        if has_shortcut:  # the 1x1 shortcut runs inside conv2: only x, h and the output live
+            sc = self.conv_shortcut
+            return self.conv2(h, norm=norm2, silu=True, shortcut=(x, sc.weight, sc.get("bias")))
+        return self.conv2(h, norm=norm2, silu=True, residual=x)
 
 
 class Attention(nn.Module):
@@ -147,18 +150,26 @@ class Decoder(nn.Module):
         self.conv_out = Conv3x3(ch[0], cfg.out_channels)
 
     def stages(self, fused: bool, scores_budget: int):
-        """The decode as a list of (name, fn) stages, each a function of the previous output."""
-        def head(z):
-            h = self.conv_in(z) if fused else self.conv_in.unfused(z)
-            return self.mid_block(h, fused, scores_budget)
+        """The decode as (name, fn) stages, each a function of the previous output.
 
+        One stage per resnet / attention / upsampler: evaluating between stages keeps
+        only a stage's input, its intermediates and its output alive (MLX's CPU stream
+        otherwise allocates far ahead of the computation).
+        """
         def tail(h):
             if fused:
                 return self.conv_out(h, norm=self.conv_norm_out.norm_args(h), silu=True)
             return self.conv_out.unfused(nn.silu(self.conv_norm_out(h)))
 
-        out = [("conv_in+mid_block", head)]
-        out += [(f"up_blocks.{i}", (lambda b: lambda h: b(h, fused))(b)) for i, b in enumerate(self.up_blocks)]
+        mid = self.mid_block
+        out = [("conv_in", lambda z: self.conv_in(z) if fused else self.conv_in.unfused(z))]
+        out.append(("mid_block.resnets.0", lambda h: mid.resnets[0](h, fused)))
+        out += [(f"mid_block.attentions.{i}", lambda h, a=a: a(h, fused, scores_budget))
+                for i, a in enumerate(mid.attentions)]
+        out.append(("mid_block.resnets.1", lambda h: mid.resnets[1](h, fused)))
+        for i, block in enumerate(self.up_blocks):
+            out += [(f"up_blocks.{i}.resnets.{j}", lambda h, r=r: r(h, fused)) for j, r in enumerate(block.resnets)]
+            out += [(f"up_blocks.{i}.upsamplers.0", lambda h, u=u: u(h, fused)) for u in block.upsamplers]
         out.append(("conv_out", tail))
         return out
 
@@ -188,13 +199,16 @@ class AutoencoderKLDecoder(nn.Module):
                 f"z: expected NHWC latents [N, h, w, {self.config.latent_channels}] for this config, got {z.shape}"
             )
 
+    def stages(self):
+        return self.decoder.stages(self.fused, self.attention_scores_budget)
+
     def decode(self, z: mx.array, on_stage: Optional[Callable[[str], None]] = None) -> mx.array:
         """Decodes stage by stage, evaluating each (bounds the lazy graph, reports progress)."""
         self._check_latent(z)
         h = z.astype(self.decoder.conv_in.weight.dtype)
         if "post_quant_conv" in self:
             h = _conv1x1(self.post_quant_conv, h) if self.fused else self.post_quant_conv(h)
-        for name, stage in self.decoder.stages(self.fused, self.attention_scores_budget):
+        for name, stage in self.stages():
             h = stage(h)
             mx.eval(h)
             if on_stage is not None:

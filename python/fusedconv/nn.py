@@ -53,9 +53,12 @@ class Conv3x3(nn.Conv2d):
         silu: bool = False,
         upsample: int = 1,
         residual: Optional[mx.array] = None,
+        shortcut: Optional[Tuple[mx.array, mx.array, Optional[mx.array]]] = None,
     ) -> mx.array:
         bias = self.bias if "bias" in self else None
-        return conv3x3(x, self.weight, bias, norm=norm, silu=silu, upsample=upsample, residual=residual)
+        return conv3x3(
+            x, self.weight, bias, norm=norm, silu=silu, upsample=upsample, residual=residual, shortcut=shortcut
+        )
 
 
     def unfused(self, x: mx.array) -> mx.array:

@@ -46,6 +46,7 @@ def conv3x3(
     silu: bool = False,
     upsample: int = 1,
     residual: Optional[mx.array] = None,
+    shortcut: Optional[Tuple[mx.array, mx.array, Optional[mx.array]]] = None,
     stream: StreamOrDevice = None,
 ) -> mx.array:
     """3x3 convolution, stride 1, padding 1, with its input transform fused.
@@ -53,7 +54,10 @@ def conv3x3(
     x [N,H,W,C]; weight [O,3,3,C] (mlx.nn.Conv2d layout); bias [O].
     norm=(stats, gamma, beta): normalise x with ``group_norm_stats`` output and the affine
     gamma/beta [C] on load; silu: apply SiLU after it; upsample=2: nearest 2x upsample on load;
-    residual [N,Ho,Wo,O] added after the bias. Zero padding applies to the activated input.
+    residual [N,Ho,Wo,O] added after the bias. shortcut=(xs, ws, bs): instead of a residual
+    array, add the 1x1 conv of xs [N,Ho,Wo,Cs] with ws [O,1,1,Cs] and bias bs [O] (or None), as
+    a resnet's channel-changing shortcut, without materialising it. Zero padding applies to the
+    activated input.
     Accumulates in float32; the output has x's dtype.
     """
     _require_array("x", x)
@@ -67,11 +71,19 @@ def conv3x3(
         stats, gamma, beta = norm
         for name, value in (("norm stats", stats), ("norm gamma", gamma), ("norm beta", beta)):
             _require_array(name, value)
+    sx = sw = sb = None
+    if shortcut is not None:
+        if not isinstance(shortcut, (tuple, list)) or len(shortcut) not in (2, 3):
+            raise TypeError("shortcut: expected a tuple (x, weight, bias) or (x, weight)")
+        sx, sw, sb = (tuple(shortcut) + (None,))[:3]
+        _require_array("shortcut x", sx)
+        _require_array("shortcut weight", sw)
+        _require_array("shortcut bias", sb, optional=True)
     if not isinstance(silu, bool):
         raise TypeError(f"silu: expected a bool, got {type(silu).__name__}")
     if isinstance(upsample, bool) or not isinstance(upsample, int):
         raise TypeError(f"upsample: expected an int (1 or 2), got {type(upsample).__name__}")
-    return ext.conv3x3(x, weight, bias, stats, gamma, beta, silu, upsample, residual, stream=stream)
+    return ext.conv3x3(x, weight, bias, stats, gamma, beta, silu, upsample, residual, sx, sw, sb, stream=stream)
 
 
 def gn_silu_conv3x3(
