@@ -1,18 +1,17 @@
 """conv3x3 against the mlx.nn composition, over random shapes and every option."""
 
+import fusedconv
 import mlx.core as mx
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import fusedconv
 from reference import PARITY_TOL_F32_REF, PARITY_TOL_SAME_DTYPE, UNIT_ROUNDOFF, normalized_error, reference_conv3x3
 
 DTYPES = [mx.float32, mx.float16, mx.bfloat16]
 
 
-def make_case(seed, n, h, w, c, o, groups, dtype, *, norm, bias, residual, upsample, mean=0.0):
+def make_case(seed, n, h, w, c, o, groups, dtype, *, norm, bias, residual, upsample, mean=0.0, shortcut_c=0):
     rng = np.random.default_rng(seed)
     arr = lambda *shape, scale=1.0, loc=0.0: mx.array(  # noqa: E731
         (rng.standard_normal(shape) * scale + loc).astype(np.float32)
@@ -25,8 +24,19 @@ def make_case(seed, n, h, w, c, o, groups, dtype, *, norm, bias, residual, upsam
         gamma=arr(c, scale=0.5, loc=1.0) if norm else None,
         beta=arr(c, scale=0.5) if norm else None,
         groups=groups,
+        shortcut=(
+            arr(n, h * upsample, w * upsample, shortcut_c),
+            arr(o, 1, 1, shortcut_c, scale=1.0 / np.sqrt(shortcut_c)),
+            arr(o, scale=0.1) if bias else None,
+        ) if shortcut_c else None,
     )
     return case
+
+
+def conv1x1(x, w, b):
+    """The unfused shortcut: mlx.nn.Conv2d(Cs, O, 1)."""
+    y = mx.conv2d(x, w)
+    return y if b is None else y + b
 
 
 def run_both(case, *, norm, silu, upsample, eps=1e-6):
@@ -38,11 +48,16 @@ def run_both(case, *, norm, silu, upsample, eps=1e-6):
         stats = fusedconv.group_norm_stats(x, case["groups"], eps)
         fused_norm = (stats, case["gamma"], case["beta"])
         ref_norm = (case["gamma"], case["beta"], case["groups"], eps)
-    got = fusedconv.conv3x3(x, w, b, norm=fused_norm, residual=r, **kw)
-    same = reference_conv3x3(x, w, b, norm=ref_norm, residual=r, **kw)
+    sc = case["shortcut"]
     f32 = lambda a: None if a is None else a.astype(mx.float32)  # noqa: E731
+    got = fusedconv.conv3x3(x, w, b, norm=fused_norm, residual=r, shortcut=sc, **kw)
+    if sc is not None:
+        r, r32 = conv1x1(*sc), conv1x1(*(f32(a) for a in sc))
+    else:
+        r32 = f32(r)
+    same = reference_conv3x3(x, w, b, norm=ref_norm, residual=r, **kw)
     ref_norm32 = None if ref_norm is None else (f32(ref_norm[0]), f32(ref_norm[1]), ref_norm[2], eps)
-    exact = reference_conv3x3(f32(x), f32(w), f32(b), norm=ref_norm32, residual=f32(r), **kw)
+    exact = reference_conv3x3(f32(x), f32(w), f32(b), norm=ref_norm32, residual=r32, **kw)
     mx.eval(got, same, exact)
     return got, same, exact
 
@@ -75,7 +90,9 @@ def conv_cases(draw):
         norm=draw(st.booleans()),
         silu=draw(st.booleans()),
         bias=draw(st.booleans()),
-        residual=draw(st.booleans()),
+        # what is added after the bias: nothing, a residual array, or a fused 1x1 shortcut
+        tail=draw(st.sampled_from(["none", "residual", "shortcut"])),
+        shortcut_c=draw(st.sampled_from([1, 5, 16, 24])),
         upsample=draw(st.sampled_from([1, 2])),
         seed=draw(st.integers(0, 2**31 - 1)),
     )
@@ -85,7 +102,9 @@ def conv_cases(draw):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=conv_cases())
 def test_random_shapes_and_options(cpu_isa, dtype, case):
-    opts = {k: case[k] for k in ("norm", "bias", "residual", "upsample")}
+    opts = {k: case[k] for k in ("norm", "bias", "upsample")}
+    opts["residual"] = case["tail"] == "residual"
+    opts["shortcut_c"] = case["shortcut_c"] if case["tail"] == "shortcut" else 0
     data = make_case(case["seed"], case["n"], case["h"], case["w"], case["c"], case["o"], case["groups"], dtype, **opts)
     got, same, exact = run_both(data, norm=case["norm"], silu=case["silu"], upsample=case["upsample"])
     assert_parity(got, same, exact, dtype)
@@ -113,6 +132,16 @@ def test_tile_edges(cpu_isa, dtype, shape):
     n, h, w, c, o, groups, upsample = shape
     data = make_case(7, n, h, w, c, o, groups, dtype, norm=True, bias=True, residual=True, upsample=upsample)
     got, same, exact = run_both(data, norm=True, silu=True, upsample=upsample)
+    assert_parity(got, same, exact, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(2, 7, 29, 64, 32, 8, 48), (1, 12, 130, 32, 17, 8, 96)], ids=str)
+def test_fused_shortcut(cpu_isa, dtype, shape):
+    """A resnet's channel-changing 1x1 shortcut added in the epilogue, with bias."""
+    n, h, w, c, o, groups, cs = shape
+    data = make_case(9, n, h, w, c, o, groups, dtype, norm=True, bias=True, residual=False, upsample=1, shortcut_c=cs)
+    got, same, exact = run_both(data, norm=True, silu=True, upsample=1)
     assert_parity(got, same, exact, dtype)
 
 

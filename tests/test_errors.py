@@ -1,10 +1,9 @@
 """Bad input raises ValueError/TypeError naming the argument, before any kernel runs."""
 
+import fusedconv
 import mlx.core as mx
 import numpy as np
 import pytest
-
-import fusedconv
 
 F = mx.float32
 
@@ -73,6 +72,31 @@ def test_good_call_runs():
 def test_conv3x3_rejects(over, exc, name):
     with pytest.raises(exc, match=name):
         call(**over)
+
+
+@pytest.mark.parametrize(
+    "shortcut, exc, name",
+    [
+        ((mx.zeros((1, 4, 5, 3)),), TypeError, "shortcut"),
+        ((mx.zeros((1, 4, 6, 3)), mx.zeros((6, 1, 1, 3))), ValueError, "shortcut x"),
+        ((mx.zeros((1, 4, 5, 3)), mx.zeros((6, 3))), ValueError, "shortcut weight"),
+        ((mx.zeros((1, 4, 5, 3)), mx.zeros((6, 1, 1, 4))), ValueError, "shortcut weight"),
+        ((mx.zeros((1, 4, 5, 3)), mx.zeros((6, 1, 1, 3)), mx.zeros((5,))), ValueError, "shortcut bias"),
+        ((mx.zeros((1, 4, 5, 3), dtype=mx.float16), mx.zeros((6, 1, 1, 3))), TypeError, "shortcut x"),
+        ((mx.zeros((1, 4, 5, 3)), "w"), TypeError, "shortcut weight"),
+    ],
+)
+def test_shortcut_rejects(shortcut, exc, name):
+    a = good()
+    with pytest.raises(exc, match=name):
+        fusedconv.conv3x3(a["x"], a["weight"], shortcut=shortcut)
+
+
+def test_shortcut_and_residual_are_exclusive():
+    a = good()
+    with pytest.raises(ValueError, match="shortcut"):
+        fusedconv.conv3x3(a["x"], a["weight"], residual=a["residual"],
+                          shortcut=(mx.zeros((1, 4, 5, 3)), mx.zeros((6, 1, 1, 3))))
 
 
 def test_residual_shape_follows_upsample():

@@ -1,12 +1,11 @@
 """group_norm_stats against float64 numpy, PyTorch grouping."""
 
+import fusedconv
 import mlx.core as mx
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import fusedconv
 
 
 def numpy_stats(x: np.ndarray, groups: int, eps: float) -> np.ndarray:

@@ -2,10 +2,9 @@
 
 import gc
 
+import fusedconv
 import mlx.core as mx
 import pytest
-
-import fusedconv
 
 MiB = 2**20
 

@@ -1,10 +1,9 @@
 """fusedconv.nn modules accept mlx.nn parameter trees unchanged and match mlx.nn."""
 
+import fusedconv.nn as fnn
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
-
-import fusedconv.nn as fnn
 from reference import normalized_error
 
 

@@ -49,7 +49,7 @@ def to_ldm(state: dict, num_up: int) -> dict:
 
     out = {}
     for key, value in state.items():
-        if not (key.startswith("decoder.") or key.startswith("post_quant_conv.")):
+        if not (key.startswith(("decoder.", "post_quant_conv."))):
             continue
         k = key
         k = re.sub(r"mid_block\.resnets\.(\d)\.", lambda m: f"mid.block_{int(m[1]) + 1}.", k)

@@ -44,7 +44,7 @@ def _ldm_to_diffusers(key: str, num_up: int) -> Optional[str]:
 
 
 def _is_decoder_key(key: str) -> bool:
-    return key.startswith("decoder.") or key.startswith("post_quant_conv.")
+    return key.startswith(("decoder.", "post_quant_conv."))
 
 
 def _strip_prefix(keys) -> str:
