@@ -1,6 +1,13 @@
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.numpy import save_file
+
+from vae_fixtures import diffusers_vae
+
 
 def test_demo_runs_and_reports_memory_time_and_difference():
     out = subprocess.run(
@@ -10,3 +17,51 @@ def test_demo_runs_and_reports_memory_time_and_difference():
     assert "fused" in out and "mlx.nn" in out and "peak above inputs" in out
     normalized = float(out.rsplit("normalized", 1)[1].strip(" )\n"))
     assert normalized < 4 * 2.0**-8  # bf16 parity, as in test_conv3x3_parity
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "fusedconv.cli", *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def vae_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vae")
+    diffusers_vae("sd-like-3block").save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("reference", [False, True], ids=["fused", "reference"])
+def test_decode_writes_png(vae_folder, tmp_path, reference):
+    latents = tmp_path / "z.npy"
+    np.save(latents, np.random.default_rng(0).standard_normal((1, 4, 6, 5)).astype(np.float32))  # NCHW
+    out = tmp_path / "img.png"
+    res = run_cli("decode", str(latents), "--weights", str(vae_folder), "-o", str(out),
+                  *(["--reference"] if reference else []))
+    assert res.returncode == 0, res.stderr
+    assert "peak" in res.stdout and "decoded" in res.stdout
+    img = Image.open(out)
+    assert img.size == (20, 24) and img.mode == "RGB"  # 4x upsampling of a 6x5 latent
+    assert np.array(img).std() > 0
+
+
+def test_decode_batch_from_safetensors(vae_folder, tmp_path):
+    latents = tmp_path / "z.safetensors"
+    save_file({"latents": np.random.default_rng(1).standard_normal((2, 3, 3, 4)).astype(np.float32)}, str(latents))
+    res = run_cli("decode", str(latents), "--weights", str(vae_folder), "-o", str(tmp_path / "b.png"), "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "b-0.png").exists() and (tmp_path / "b-1.png").exists()
+
+
+def test_decode_errors_are_clear(vae_folder, tmp_path):
+    latents = tmp_path / "z.npy"
+    np.save(latents, np.zeros((1, 3, 5, 6), np.float32))  # no axis of 4 channels
+    res = run_cli("decode", str(tmp_path / "nope.npy"), "--weights", str(vae_folder))
+    assert res.returncode == 2 and "does not exist" in res.stderr
+    res = run_cli("decode", str(latents), "--weights", str(tmp_path / "missing"))
+    assert res.returncode == 2 and "--weights" in res.stderr
+    res = run_cli("decode", str(latents), "--weights", str(vae_folder))
+    assert res.returncode == 2 and "channels" in res.stderr
+    no_decoder = tmp_path / "unet.safetensors"
+    save_file({"model.diffusion_model.w": np.zeros(3, np.float32)}, str(no_decoder))
+    res = run_cli("decode", str(latents), "--weights", str(no_decoder), "--config", "sd1")
+    assert res.returncode == 2 and "no VAE decoder" in res.stderr
