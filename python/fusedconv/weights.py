@@ -88,6 +88,7 @@ def load_state(model: AutoencoderKLDecoder, tensors: Mapping[str, mx.array], dty
     if missing:
         raise ValueError(f"weights: {len(missing)} decoder tensors missing, e.g. {missing[:3]}")
     model.load_weights(list(found.items()), strict=True)
+    mx.clear_cache()  # the as-stored (e.g. f32) copies were transient: hand their buffers back
 
 
 def _weights_file(folder: Path) -> Path:

@@ -1,0 +1,80 @@
+"""Shared by the benchmarks: timing, peak memory, machine metadata, JSON output."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlx.core as mx
+
+MiB = 2**20
+
+
+def machine_info() -> dict:
+    from fusedconv._abi import ext
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "mlx": mx.__version__,
+        "device": str(mx.default_device()),
+        "metal": bool(mx.metal.is_available()),
+        "fusedconv_cpu_isa": ext.cpu_isa(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def reset_peak() -> int:
+    """Clears the cache and peak counter; returns the live allocator bytes to measure above."""
+    gc.collect()
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    return mx.get_active_memory()
+
+
+def max_rss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+def time_runs(fn, repeats: int, warmup: int = 1) -> dict:
+    """Median and spread of `repeats` timed runs of fn (which must evaluate its work), after warm-up."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": times}
+
+
+def run_child(module: str, args: list) -> dict:
+    """Runs `python -m module args` in a fresh process and parses the JSON line it prints last."""
+    res = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
+    if res.returncode != 0:
+        return {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}"}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {path}")

@@ -1,0 +1,200 @@
+"""Full-decoder benchmark: fused vs reference MLX path vs diffusers/PyTorch, same weights.
+
+    python -m bench.decoder_bench --sizes 256 512 1024 [--config flux] [--out bench/results]
+
+Weights: a seeded random diffusers AutoencoderKL of the preset, saved once under --out.
+Each (method, size) runs in a fresh process so that its max RSS is its own. Reports the
+median time of --repeats runs after one warm-up, peak memory from MLX's allocator (MLX
+methods) and the process max RSS (all), the analytic floor and peak/floor, GFLOP/s
+against the decoder's FLOP count. Writes JSON and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bench.common import MiB, machine_info, max_rss_bytes, reset_peak, run_child, time_runs, write_json
+
+METHODS = ("fused", "reference", "diffusers")
+
+
+def current_rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            import os
+
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def child(method: str, size: int, weights: Path, dtype_name: str, repeats: int, seed: int) -> dict:
+    """One measurement, inside its own process."""
+    import mlx.core as mx
+    import numpy as np
+
+    from fusedconv.config import VAEConfig
+    from fusedconv.memory import decoder_floor_bytes, decoder_flops
+
+    cfg = VAEConfig.from_dict(json.loads((weights / "config.json").read_text()))
+    f = cfg.upsample_factor
+    z = np.random.default_rng(seed).standard_normal((1, size // f, size // f, cfg.latent_channels)).astype(np.float32)
+    result = {"method": method, "size": size, "dtype": dtype_name, "repeats": repeats,
+              "floor_bytes": decoder_floor_bytes(cfg, size, size, getattr(mx, dtype_name)),
+              "gflop": decoder_flops(cfg, size, size) / 1e9}
+    if method == "diffusers":
+        import torch
+        from diffusers import AutoencoderKL
+
+        model = AutoencoderKL.from_pretrained(weights, torch_dtype=getattr(torch, dtype_name)).eval()
+        model.encoder = None  # decode only, as the MLX decoder loads only decoder tensors
+        zt = torch.from_numpy(z.transpose(0, 3, 1, 2).copy()).to(getattr(torch, dtype_name))
+
+        def run():
+            with torch.no_grad():
+                model.decode(zt)
+
+        result["torch"] = torch.__version__
+        result["torch_threads"] = torch.get_num_threads()
+        warmup = 1
+    else:
+        from fusedconv.vae import load_decoder
+
+        dec = load_decoder(weights, dtype=getattr(mx, dtype_name)).set_fused(method == "fused")
+        zm = mx.array(z).astype(getattr(mx, dtype_name))
+        mx.eval(zm)
+
+        def run():
+            mx.eval(dec(zm))
+
+        base = reset_peak()
+        run()  # the warm-up doubles as the allocator-peak measurement
+        result["peak_alloc_bytes"] = mx.get_peak_memory()
+        result["peak_above_inputs_bytes"] = mx.get_peak_memory() - base
+        result["inputs_bytes"] = base
+        result["peak_over_floor"] = result["peak_alloc_bytes"] / result["floor_bytes"]
+        warmup = 0
+    result["rss_before_decode_bytes"] = current_rss_bytes()
+    result.update(time_runs(run, repeats, warmup=warmup))
+    result["max_rss_bytes"] = max_rss_bytes()
+    result["gflops"] = result["gflop"] / result["median_s"]
+    return result
+
+
+def plot(results: list, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_mem, ax_time) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:green")))
+    for method in METHODS:
+        rows = sorted((r for r in results if r["method"] == method and "error" not in r and "skipped" not in r),
+                      key=lambda r: r["size"])
+        if not rows:
+            continue
+        sizes = [r["size"] for r in rows]
+        c = colors[method]
+        ax_mem.plot(sizes, [r["max_rss_bytes"] / MiB for r in rows], "o-", color=c, label=f"{method} (max RSS)")
+        if method != "diffusers":
+            ax_mem.plot(sizes, [r["peak_alloc_bytes"] / MiB for r in rows], "s--", color=c,
+                        label=f"{method} (MLX allocator peak)")
+        ax_time.plot(sizes, [r["median_s"] for r in rows], "o-", color=c, label=f"{method} ({rows[0]['dtype']})")
+    # The floor of the MLX dtype (the diffusers rows may run in another dtype).
+    floors = sorted({(r["size"], r["floor_bytes"]) for r in results
+                     if "floor_bytes" in r and r["method"] != "diffusers"})
+    ax_mem.plot([s for s, _ in floors], [b / MiB for _, b in floors], "k:", label="analytic floor")
+    for ax, title, unit in ((ax_mem, "peak memory", "MiB"), (ax_time, "decode time (median)", "s")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("output size (px, square)")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--config", default="flux")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                   help="dtype of the MLX decoder")
+    p.add_argument("--torch-dtype", default="float32", choices=["bfloat16", "float16", "float32"],
+                   help="dtype of diffusers/PyTorch (float32 by default: PyTorch's bf16 convs are fast only "
+                        "on CPUs with AVX-512 BF16 / AMX)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--reference-repeats", type=int, default=1,
+                   help="timed runs of the unfused MLX path (tens of times slower on Linux CPU)")
+    p.add_argument("--reference-max-size", type=int, default=256,
+                   help="largest size for the unfused MLX path (on Linux CPU its convs run at ~2 GFLOP/s)")
+    p.add_argument("--out", type=Path, default=Path("bench/results"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--child", nargs=3, metavar=("METHOD", "SIZE", "WEIGHTS"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        method, size, weights = args.child
+        print(json.dumps(child(method, int(size), Path(weights), args.dtype, args.repeats, args.seed)))
+        return 0
+
+    from bench.weights import ensure_weights
+
+    weights = ensure_weights(args.config, args.seed, args.out)
+    results = []
+    for size in args.sizes:
+        for method in args.methods:
+            if method == "reference" and size > args.reference_max_size:
+                results.append({"method": method, "size": size,
+                                "skipped": f"above --reference-max-size {args.reference_max_size}"})
+                continue
+            dtype = args.torch_dtype if method == "diffusers" else args.dtype
+            repeats = args.reference_repeats if method == "reference" else args.repeats
+            r = run_child("bench.decoder_bench", ["--child", method, str(size), str(weights), "--dtype", dtype,
+                                                  "--repeats", str(repeats), "--seed", str(args.seed)])
+            r.setdefault("method", method)
+            r.setdefault("size", size)
+            results.append(r)
+            print_row(r)
+    print_ratios(results)
+    stem = f"decoder_{args.config}_{args.dtype}"
+    args.out = str(args.out)
+    write_json(Path(args.out) / f"{stem}.json", {"machine": machine_info(), "args": vars(args),
+                                           "results": results})
+    plot(results, Path(args.out) / f"{stem}.png")
+    return 0
+
+
+def print_row(r: dict) -> None:
+    if "error" in r or "skipped" in r:
+        print(f"{r['method']:>10} {r['size']:>5}: {r.get('error') or 'skipped: ' + r['skipped']}")
+        return
+    alloc = f"MLX peak {r['peak_alloc_bytes'] / MiB:8.1f} MiB ({r['peak_over_floor']:.2f}x floor)" \
+        if "peak_alloc_bytes" in r else " " * 35
+    print(f"{r['method']:>10} {r['size']:>5}: {r['median_s']:8.2f} s [{r['min_s']:.2f}-{r['max_s']:.2f}] "
+          f"{r['gflops']:6.1f} GFLOP/s  {alloc}  max RSS {r['max_rss_bytes'] / MiB:8.1f} MiB  "
+          f"floor {r['floor_bytes'] / MiB:7.1f} MiB")
+
+
+def print_ratios(results: list) -> None:
+    ok = {(r["method"], r["size"]): r for r in results if "median_s" in r}
+    for size in sorted({s for _, s in ok}):
+        fused = ok.get(("fused", size))
+        if not fused:
+            continue
+        for other in ("reference", "diffusers"):
+            o = ok.get((other, size))
+            if o:
+                print(f"{size}: fused/{other}: time {fused['median_s'] / o['median_s']:.2f}x, "
+                      f"max RSS {fused['max_rss_bytes'] / o['max_rss_bytes']:.2f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Per-op benchmark: fused conv3x3 (each option) vs the mlx.nn composition it replaces,
+at the VAE shapes of a decode.
+
+    python -m bench.op_bench --decode-size 512 [--dtype bfloat16] [--out bench/results]
+
+For a decode of --decode-size^2 pixels it takes each distinct 3x3 conv of the Flux/SD
+decoder (C, O in {128, 256, 512}, at the resolution where it occurs) and times the fused
+op (median of --repeats after a warm-up) and the mlx.nn composition, and records the MLX
+allocator's peak above the inputs against the op's floor (output, plus a materialised
+shortcut-free residual if any). The composition is skipped above --reference-max-gflop
+(MLX's Linux CPU conv runs at ~2 GFLOP/s). Writes JSON and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+
+from bench.common import MiB, machine_info, reset_peak, time_runs, write_json
+
+# (name, C, O, input resolution divisor of the decode size, option)
+# option: what the fused op applies on top of the conv.
+VAE_CONVS = [
+    ("mid resnet conv (norm+silu+residual)", 512, 512, 8, "norm_silu_residual"),
+    ("up0 upsampler (upsample)", 512, 512, 8, "upsample"),
+    ("up1 resnet conv (norm+silu)", 512, 512, 4, "norm_silu"),
+    ("up2 first conv (norm+silu, 512->256)", 512, 256, 2, "norm_silu"),
+    ("up2 resnet conv (norm+silu+residual)", 256, 256, 2, "norm_silu_residual"),
+    ("up2 upsampler (upsample)", 256, 256, 2, "upsample"),
+    ("up3 first conv (norm+silu, 256->128)", 256, 128, 1, "norm_silu"),
+    ("up3 resnet conv (norm+silu+residual)", 128, 128, 1, "norm_silu_residual"),
+    ("conv_out (norm+silu, 128->3)", 128, 3, 1, "norm_silu"),
+]
+
+
+def make_inputs(c: int, o: int, res: int, option: str, dtype):
+    key = mx.random.key(0)
+    k = mx.random.split(key, 6)
+    up = 2 if option == "upsample" else 1
+    x = mx.random.normal((1, res, res, c), key=k[0]).astype(dtype)
+    w = (mx.random.normal((o, 3, 3, c), key=k[1]) / (3 * c**0.5)).astype(dtype)
+    b = (0.1 * mx.random.normal((o,), key=k[2])).astype(dtype)
+    g = (1 + 0.1 * mx.random.normal((c,), key=k[3])).astype(dtype)
+    beta = (0.1 * mx.random.normal((c,), key=k[4])).astype(dtype)
+    r = mx.random.normal((1, res * up, res * up, o), key=k[5]).astype(dtype) if "residual" in option else None
+    mx.eval(x, w, b, g, beta, *([r] if r is not None else []))
+    return x, w, b, g, beta, r, up
+
+
+def fused_fn(x, w, b, g, beta, r, up, option):
+    import fusedconv
+
+    if option.startswith("norm_silu"):
+        return lambda: fusedconv.gn_silu_conv3x3(x, g, beta, w, b, groups=32, residual=r)
+    return lambda: fusedconv.conv3x3(x, w, b, upsample=up)
+
+
+def reference_fn(x, w, b, g, beta, r, up, option):
+    from fusedconv.reference import reference_conv3x3
+
+    norm = (g, beta, 32, 1e-6) if option.startswith("norm_silu") else None
+    return lambda: reference_conv3x3(x, w, b, norm=norm, silu=norm is not None, upsample=up, residual=r)
+
+
+def measure(fn, repeats: int) -> dict:
+    base = reset_peak()
+    out = fn()
+    mx.eval(out)
+    peak = mx.get_peak_memory() - base
+    out_bytes = out.nbytes
+    del out
+    timing = time_runs(lambda: mx.eval(fn()), repeats, warmup=0)
+    return {"peak_above_inputs_bytes": peak, "output_bytes": out_bytes, **timing}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--decode-size", type=int, default=512)
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--reference-max-gflop", type=float, default=60.0)
+    p.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = p.parse_args(argv)
+    dtype = getattr(mx, args.dtype)
+
+    rows = []
+    for name, c, o, div, option in VAE_CONVS:
+        res = args.decode_size // div
+        x, w, b, g, beta, r, up = make_inputs(c, o, res, option, dtype)
+        gflop = 2 * (res * up) ** 2 * c * o * 9 / 1e9
+        row = {"name": name, "C": c, "O": o, "input_res": res, "option": option, "gflop": gflop}
+        row["fused"] = measure(fused_fn(x, w, b, g, beta, r, up, option), args.repeats)
+        if gflop <= args.reference_max_gflop:
+            row["reference"] = measure(reference_fn(x, w, b, g, beta, r, up, option), 1)
+        else:
+            row["reference"] = {"skipped": f"{gflop:.0f} GFLOP > --reference-max-gflop {args.reference_max_gflop}"}
+        rows.append(row)
+        print_row(row)
+    stem = f"ops_{args.decode_size}_{args.dtype}"
+    write_json(args.out / f"{stem}.json", {"machine": machine_info(), "args": {**vars(args), "out": str(args.out)},
+                                           "results": rows})
+    plot(rows, args.out / f"{stem}.png", args.decode_size)
+    return 0
+
+
+def print_row(row: dict) -> None:
+    f, r = row["fused"], row["reference"]
+    line = (f"{row['name']:<40} {row['input_res']:>4}px  fused {f['median_s']:7.3f} s "
+            f"{row['gflop'] / f['median_s']:6.1f} GFLOP/s peak-out {(f['peak_above_inputs_bytes'] - f['output_bytes']) / MiB:7.1f} MiB")
+    if "median_s" in r:
+        line += (f" | mlx.nn {r['median_s']:7.2f} s peak-out {(r['peak_above_inputs_bytes'] - r['output_bytes']) / MiB:8.1f} MiB"
+                 f" | {r['median_s'] / f['median_s']:5.1f}x faster, "
+                 f"{r['peak_above_inputs_bytes'] / f['peak_above_inputs_bytes']:5.1f}x less peak")
+    else:
+        line += f" | mlx.nn skipped ({r['skipped']})"
+    print(line)
+
+
+def plot(rows: list, path: Path, size: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['C']}->{r['O']} @{r['input_res']}\n{r['option']}" for r in rows]
+    xs = range(len(rows))
+    fig, (ax_m, ax_t) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+    ax_m.bar([i - 0.2 for i in xs], [r["fused"]["peak_above_inputs_bytes"] / MiB for r in rows], 0.4, label="fused")
+    ax_m.bar([i + 0.2 for i in xs], [r["reference"].get("peak_above_inputs_bytes", 0) / MiB for r in rows], 0.4,
+             label="mlx.nn (0 = skipped)")
+    ax_m.plot(list(xs), [r["fused"]["output_bytes"] / MiB for r in rows], "k_", markersize=20, label="output (floor)")
+    ax_m.set_ylabel("peak above inputs (MiB)")
+    ax_m.set_yscale("log")
+    ax_m.legend(fontsize=8)
+    ax_t.bar([i - 0.2 for i in xs], [r["fused"]["median_s"] for r in rows], 0.4, label="fused")
+    ax_t.bar([i + 0.2 for i in xs], [r["reference"].get("median_s", 0) for r in rows], 0.4, label="mlx.nn")
+    ax_t.set_ylabel("time (s, median)")
+    ax_t.set_yscale("log")
+    ax_t.set_xticks(list(xs), labels, fontsize=7)
+    ax_t.legend(fontsize=8)
+    fig.suptitle(f"conv3x3 ops of a {size}x{size} decode")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
