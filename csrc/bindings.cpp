@@ -5,7 +5,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/variant.h>
 
-#include "cpu/conv3x3.h"
+#include "cpu/isa.h"
 #include "mlx/version.h"
 #include "ops.h"
 
@@ -24,8 +24,12 @@ NB_MODULE(_ext, m) {
   m.def("conv3x3", &fusedconv::conv3x3, "x"_a, "weight"_a, "bias"_a.none(), "stats"_a.none(),
         "gamma"_a.none(), "beta"_a.none(), "silu"_a, "upsample"_a, "residual"_a.none(),
         "shortcut_x"_a.none(), "shortcut_weight"_a.none(), "shortcut_bias"_a.none(), nb::kw_only(), "stream"_a = nb::none());
-  m.def("cpu_isa", &fusedconv::cpu::conv3x3_isa,
-        "Instruction set the CPU conv3x3 uses now (FUSEDCONV_CPU_ISA may force 'generic').");
-  m.def("cpu_isas", [] { return std::string(fusedconv::cpu::conv3x3_available_isas()); },
+  m.def("linear", &fusedconv::linear, "x"_a, "weight"_a, "bias"_a.none(), nb::kw_only(),
+        "stream"_a = nb::none());
+  m.def("attention", &fusedconv::attention, "q"_a, "k"_a, "v"_a, "scale"_a, nb::kw_only(),
+        "stream"_a = nb::none());
+  m.def("cpu_isa", [] { return std::string(fusedconv::cpu::active_isa()); },
+        "Instruction set the CPU kernels use now (FUSEDCONV_CPU_ISA=generic forces the portable one).");
+  m.def("cpu_isas", [] { return std::string(fusedconv::cpu::available_isas()); },
         "Comma-separated instruction sets this machine can run.");
 }

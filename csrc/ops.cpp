@@ -163,4 +163,54 @@ mx::array conv3x3(const mx::array& x, const mx::array& weight,
                    std::move(inputs));
 }
 
+mx::array linear(const mx::array& x, const mx::array& weight, const std::optional<mx::array>& bias,
+                 mx::StreamOrDevice s) {
+  if (x.ndim() < 1 || x.size() == 0) fail("x: expected a non-empty array [..., K], got shape " + shape_str(x.shape()));
+  check_float("x", x);
+  const int k = x.shape(-1);
+  if (weight.ndim() != 2 || weight.shape(1) != k || weight.shape(0) <= 0) {
+    fail("weight: expected shape (N, " + std::to_string(k) + ") (the mlx.nn.Linear layout), got " +
+         shape_str(weight.shape()));
+  }
+  check_dtype("weight", weight, x.dtype(), "x");
+  const int n = weight.shape(0);
+  const mx::Stream stream = mx::to_stream(s);
+  auto in = [&](const mx::array& a) { return mx::contiguous(a, false, stream); };
+  std::vector<mx::array> inputs{in(mx::reshape(x, {-1, k}, stream)), in(weight)};
+  if (bias) {
+    check_shape("bias", *bias, {n}, "(one per output feature)");
+    check_dtype("bias", *bias, x.dtype(), "x");
+    inputs.push_back(in(*bias));
+  }
+  const int m = inputs[0].shape(0);
+  mx::array y(mx::Shape{m, n}, x.dtype(), std::make_shared<Linear>(stream, bool(bias)), std::move(inputs));
+  mx::Shape out_shape = x.shape();
+  out_shape.back() = n;
+  return mx::reshape(y, out_shape, stream);
+}
+
+mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
+                    mx::StreamOrDevice s) {
+  auto check3 = [](const char* name, const mx::array& a) {
+    if (a.ndim() != 3 || a.size() == 0) {
+      fail(std::string(name) + ": expected a non-empty [B, T, C] array, got shape " + shape_str(a.shape()));
+    }
+    check_float(name, a);
+  };
+  check3("q", q);
+  check3("k", k);
+  check3("v", v);
+  if (k.shape(0) != q.shape(0) || k.shape(2) != q.shape(2)) {
+    fail("k: expected shape (" + std::to_string(q.shape(0)) + ", Tk, " + std::to_string(q.shape(2)) +
+         ") to match q, got " + shape_str(k.shape()));
+  }
+  check_shape("v", v, k.shape(), "(the shape of k)");
+  check_dtype("k", k, q.dtype(), "q");
+  check_dtype("v", v, q.dtype(), "q");
+  if (!std::isfinite(scale)) fail("scale: must be finite");
+  const mx::Stream stream = mx::to_stream(s);
+  auto in = [&](const mx::array& a) { return mx::contiguous(a, false, stream); };
+  return mx::array(q.shape(), q.dtype(), std::make_shared<Attention>(stream, scale), {in(q), in(k), in(v)});
+}
+
 }  // namespace fusedconv

@@ -27,4 +27,12 @@ mx::array conv3x3(const mx::array& x, const mx::array& weight,
                   const std::optional<mx::array>& shortcut_weight,
                   const std::optional<mx::array>& shortcut_bias, mx::StreamOrDevice s = {});
 
+// y = x W^T + b over the last axis of x (weight [N,K], the mlx.nn.Linear layout).
+mx::array linear(const mx::array& x, const mx::array& weight, const std::optional<mx::array>& bias,
+                 mx::StreamOrDevice s = {});
+
+// softmax(q k^T * scale) v for q [B,Tq,C], k and v [B,Tk,C]; never materialises the scores.
+mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
+                    mx::StreamOrDevice s = {});
+
 }  // namespace fusedconv

@@ -2,7 +2,9 @@
 
 #include <stdexcept>
 
+#include "cpu/attention.h"
 #include "cpu/conv3x3.h"
+#include "cpu/linear.h"
 #include "cpu/group_norm_stats.h"
 #include "cpu/parallel.h"
 #include "mlx/allocator.h"
@@ -130,6 +132,69 @@ bool FusedConv3x3::is_equivalent(const mx::Primitive& other) const {
 std::vector<mx::Shape> FusedConv3x3::output_shapes(const std::vector<mx::array>& inputs) {
   const Conv3x3Params p = params(inputs);
   return {{p.n, p.ho, p.wo, p.o}};
+}
+
+// ---- Linear ------------------------------------------------------------------
+
+void Linear::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
+  const mx::array& x = inputs[0];
+  const mx::array& w = inputs[1];
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  const int m = x.shape(0), k = x.shape(1), n = w.shape(0);
+  const auto plan = cpu::plan_linear(m, k, n, cpu::default_threads());
+  mx::array scratch = scratch_array(plan.scratch_floats());
+  auto& enc = mx::cpu::get_command_encoder(stream());
+  for (const auto& a : inputs) enc.set_input_array(a);
+  enc.set_output_array(out);
+  const cpu::LinearJob job{m, k, n, x.data<void>(), has_bias_ ? inputs[2].data<void>() : nullptr,
+                           out.data<void>(), nullptr};
+  enc.dispatch([job, plan, dt = cpu_dtype(out), wp = w.data<void>(), sp = scratch.data<float>()] {
+    cpu::linear(job, dt, wp, plan, sp);
+  });
+  enc.add_temporary(std::move(scratch));
+}
+
+#if !defined(FUSEDCONV_METAL)
+void Linear::eval_gpu(const std::vector<mx::array>&, mx::array&) { no_gpu("linear"); }
+#endif
+
+bool Linear::is_equivalent(const mx::Primitive& other) const {
+  return has_bias_ == static_cast<const Linear&>(other).has_bias_;
+}
+
+std::vector<mx::Shape> Linear::output_shapes(const std::vector<mx::array>& inputs) {
+  return {{inputs[0].shape(0), inputs[1].shape(0)}};
+}
+
+// ---- Attention ---------------------------------------------------------------
+
+void Attention::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
+  const mx::array& q = inputs[0];
+  const mx::array& k = inputs[1];
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  const cpu::AttentionJob job{q.shape(0), q.shape(1), k.shape(1), q.shape(2), scale_,
+                              q.data<void>(), k.data<void>(), inputs[2].data<void>(), out.data<void>()};
+  const auto plan = cpu::plan_attention(job.batch, job.tq, job.c, cpu::default_threads());
+  mx::array scratch = scratch_array(plan.worker_floats * plan.threads);
+  auto& enc = mx::cpu::get_command_encoder(stream());
+  for (const auto& a : inputs) enc.set_input_array(a);
+  enc.set_output_array(out);
+  enc.dispatch([job, plan, dt = cpu_dtype(out), sp = scratch.data<float>()] {
+    cpu::attention(job, dt, plan, sp);
+  });
+  enc.add_temporary(std::move(scratch));
+}
+
+#if !defined(FUSEDCONV_METAL)
+void Attention::eval_gpu(const std::vector<mx::array>&, mx::array&) { no_gpu("attention"); }
+#endif
+
+bool Attention::is_equivalent(const mx::Primitive& other) const {
+  return scale_ == static_cast<const Attention&>(other).scale_;
+}
+
+std::vector<mx::Shape> Attention::output_shapes(const std::vector<mx::array>& inputs) {
+  return {inputs[0].shape()};
 }
 
 }  // namespace fusedconv

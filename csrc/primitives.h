@@ -53,4 +53,32 @@ class FusedConv3x3 : public mx::UnaryPrimitive {
   Conv3x3Options opts_;
 };
 
+// inputs: x [M,K], weight [N,K], [bias [N]]; output [M,N] = x W^T + b.
+class Linear : public mx::UnaryPrimitive {
+ public:
+  Linear(mx::Stream s, bool has_bias) : mx::UnaryPrimitive(s), has_bias_(has_bias) {}
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
+  void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) override;
+  const char* name() const override { return "FusedConvLinear"; }
+  bool is_equivalent(const mx::Primitive& other) const override;
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+
+ private:
+  bool has_bias_;
+};
+
+// inputs: q [B,Tq,C], k [B,Tk,C], v [B,Tk,C]; output [B,Tq,C] = softmax(q k^T * scale) v.
+class Attention : public mx::UnaryPrimitive {
+ public:
+  Attention(mx::Stream s, float scale) : mx::UnaryPrimitive(s), scale_(scale) {}
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
+  void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) override;
+  const char* name() const override { return "FusedConvAttention"; }
+  bool is_equivalent(const mx::Primitive& other) const override;
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+
+ private:
+  float scale_;
+};
+
 }  // namespace fusedconv

@@ -4,6 +4,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "cpu/isa.h"
+#include "cpu/pack.h"
 #include "cpu/parallel.h"
 
 namespace fusedconv::cpu {
@@ -17,38 +19,12 @@ constexpr int kMaxStrip = 120;
 constexpr int kUnitsPerThread = 8;
 
 int round_up(int v, int m) { return (v + m - 1) / m * m; }
-int ceil_div(int a, int b) { return (a + b - 1) / b; }
-
-bool cpu_has_avx2() {
-#if defined(FUSEDCONV_X86_KERNELS)
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
-#else
-  return false;
-#endif
-}
 
 Conv3x3UnitFn select_unit(DType dt) {
 #if defined(FUSEDCONV_X86_KERNELS)
-  if (std::strcmp(conv3x3_isa(), "avx2") == 0) return avx2::conv3x3_unit(dt);
+  if (std::strcmp(active_isa(), "avx2") == 0) return avx2::conv3x3_unit(dt);
 #endif
   return generic::conv3x3_unit(dt);
-}
-
-// [O][taps][C] -> [ceil(O/16)][taps][C][16] f32, zero beyond O.
-template <class T>
-void pack_weights(const T* w, int o_count, int taps, int C, float* packed, int threads) {
-  const int oblocks = ceil_div(o_count, kConvOBlock);
-  parallel_for(oblocks * taps, threads, [&](int task, int) {
-    const int ob = task / taps, tap = task % taps;
-    float* dst = packed + (size_t(ob) * taps + tap) * C * kConvOBlock;
-    for (int c = 0; c < C; ++c) {
-      for (int j = 0; j < kConvOBlock; ++j) {
-        const int o = ob * kConvOBlock + j;
-        dst[size_t(c) * kConvOBlock + j] = o < o_count ? to_f32(w[(size_t(o) * taps + tap) * C + c]) : 0.0f;
-      }
-    }
-  });
 }
 
 template <class T>
@@ -76,8 +52,8 @@ void run(const Conv3x3Params& p, const Conv3x3Buffers& b, const Conv3x3CpuPlan& 
   float* packed_sc = p.shortcut_c ? packed + plan.packed_weight_floats : nullptr;
   float* norm = p.groups ? packed + plan.packed_weight_floats + plan.packed_shortcut_floats : nullptr;
   float* halos = packed + plan.packed_weight_floats + plan.packed_shortcut_floats + plan.norm_floats;
-  pack_weights(static_cast<const T*>(b.weight), p.o, 9, p.c, packed, plan.threads);
-  if (packed_sc) pack_weights(static_cast<const T*>(b.shortcut_w), p.o, 1, p.shortcut_c, packed_sc, plan.threads);
+  pack_panels(static_cast<const T*>(b.weight), p.o, 9, p.c, packed, plan.threads);
+  if (packed_sc) pack_panels(static_cast<const T*>(b.shortcut_w), p.o, 1, p.shortcut_c, packed_sc, plan.threads);
   if (norm) fill_norm<T>(p, b, norm);
   const Conv3x3Job job{&p, b, packed, packed_sc, norm};
   parallel_for(plan.units, plan.threads, [&](int u, int worker) {
@@ -130,13 +106,5 @@ void conv3x3(const Conv3x3Params& p, DType dt, const Conv3x3Buffers& b,
     case DType::bf16: return run<bf16>(p, b, plan, scratch, unit);
   }
 }
-
-const char* conv3x3_isa() {
-  const char* forced = std::getenv("FUSEDCONV_CPU_ISA");
-  if (forced && std::strcmp(forced, "generic") == 0) return "generic";
-  return cpu_has_avx2() ? "avx2" : "generic";
-}
-
-const char* conv3x3_available_isas() { return cpu_has_avx2() ? "generic,avx2" : "generic"; }
 
 }  // namespace fusedconv::cpu

@@ -1,9 +1,9 @@
 """fusedconv: workspace-free fused GroupNorm+SiLU+upsample+conv3x3 primitives for MLX."""
 
-from .ops import conv3x3, gn_silu_conv3x3, group_norm_stats
+from .ops import attention, conv3x3, gn_silu_conv3x3, group_norm_stats, linear
 
 __version__ = "0.1.0"
-__all__ = ["conv3x3", "gn_silu_conv3x3", "group_norm_stats", "load_decoder", "__version__"]
+__all__ = ["attention", "conv3x3", "gn_silu_conv3x3", "group_norm_stats", "linear", "load_decoder", "__version__"]
 
 
 def __getattr__(name):

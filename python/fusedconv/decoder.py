@@ -15,18 +15,30 @@ import mlx.nn as nn
 
 from .config import VAEConfig
 from .nn import Conv3x3, GroupNorm
+from .ops import attention, linear
 
 EPS = 1e-6
 # Default bound on the attention scores (and softmax) held at once.
 ATTENTION_SCORES_BUDGET = 64 * 2**20
 
 
+def _on_cpu() -> bool:
+    return mx.default_device() == mx.cpu
+
+
+def _linear(layer: nn.Linear, x: mx.array) -> mx.array:
+    """nn.Linear through fusedconv.linear on the CPU (MLX's Linux CPU matmul runs at a few GFLOP/s)."""
+    if _on_cpu():
+        return linear(x, layer.weight, layer.get("bias"))
+    return layer(x)
+
+
 def _conv1x1(conv: nn.Conv2d, x: mx.array) -> mx.array:
     """1x1 conv as one matmul: no im2col, only the output is allocated."""
-    n, h, w, c = x.shape
-    weight = conv.weight.reshape(conv.weight.shape[0], c)
-    y = mx.addmm(conv.bias, x.reshape(-1, c), weight.T)
-    return y.reshape(n, h, w, -1)
+    weight = conv.weight.reshape(conv.weight.shape[0], -1)
+    if _on_cpu():
+        return linear(x, weight, conv.get("bias"))
+    return x @ weight.T + conv.bias
 
 
 class ResnetBlock2D(nn.Module):
@@ -67,13 +79,17 @@ class Attention(nn.Module):
     def __call__(self, x: mx.array, fused: bool, scores_budget: int) -> mx.array:
         n, h, w, c = x.shape
         t = self.group_norm(x).reshape(n, h * w, c)
-        q, k, v = self.to_q(t), self.to_k(t), self.to_v(t)
         scale = 1.0 / math.sqrt(c)
-        if fused:
-            o = chunked_attention(q, k, v, scale, scores_budget)
-        else:
+        if not fused:
+            q, k, v = self.to_q(t), self.to_k(t), self.to_v(t)
             o = mx.fast.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], scale=scale)[:, 0]
-        return self.to_out[0](o).reshape(n, h, w, c) + x
+            return self.to_out[0](o).reshape(n, h, w, c) + x
+        q, k, v = _linear(self.to_q, t), _linear(self.to_k, t), _linear(self.to_v, t)
+        if _on_cpu():
+            o = attention(q, k, v, scale)  # flash-style CPU primitive: no scores in memory
+        else:
+            o = chunked_attention(q, k, v, scale, scores_budget)
+        return _linear(self.to_out[0], o).reshape(n, h, w, c) + x
 
 
 def attention_query_chunk(batch: int, tokens: int, itemsize: int, scores_budget: int) -> int:

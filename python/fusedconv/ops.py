@@ -104,3 +104,21 @@ def gn_silu_conv3x3(
     return conv3x3(
         x, weight, bias, norm=(stats, gamma, beta), silu=True, upsample=upsample, residual=residual, stream=stream
     )
+
+
+def linear(x: mx.array, weight: mx.array, bias: Optional[mx.array] = None, *, stream: StreamOrDevice = None) -> mx.array:
+    """x @ weight.T + bias over the last axis (weight [N, K], the mlx.nn.Linear layout); f32 accumulation."""
+    _require_array("x", x)
+    _require_array("weight", weight)
+    _require_array("bias", bias, optional=True)
+    return ext.linear(x, weight, bias, stream=stream)
+
+
+def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, *, stream: StreamOrDevice = None) -> mx.array:
+    """softmax(q @ k^T * scale) @ v for q [B, Tq, C], k and v [B, Tk, C] (one head), computed a
+    block of queries at a time with an online softmax: the Tq x Tk scores are never allocated."""
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        _require_array(name, a)
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool):
+        raise TypeError(f"scale: expected a float, got {type(scale).__name__}")
+    return ext.attention(q, k, v, float(scale), stream=stream)

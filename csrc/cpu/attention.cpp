@@ -1,0 +1,38 @@
+#include "cpu/attention.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "cpu/isa.h"
+#include "cpu/pack.h"
+#include "cpu/parallel.h"
+
+namespace fusedconv::cpu {
+
+AttentionCpuPlan plan_attention(int batch, int tq, int c, int threads) {
+  AttentionCpuPlan plan{};
+  plan.query_blocks = ceil_div(tq, kAttnQueryBlock);
+  plan.threads = std::max(1, std::min(threads, batch * plan.query_blocks));
+  const size_t cpad = size_t(ceil_div(c, kPanel)) * kPanel;
+  plan.worker_floats = size_t(kAttnQueryBlock) * c             // scaled Q block
+                       + size_t(kAttnKeyBlock) * c             // packed K block
+                       + cpad * kAttnKeyBlock                  // packed V block
+                       + size_t(kAttnQueryBlock) * kAttnKeyBlock  // scores / probabilities
+                       + size_t(kAttnQueryBlock) * cpad        // O accumulators
+                       + 2 * size_t(kAttnQueryBlock);          // running max, running sum
+  return plan;
+}
+
+void attention(const AttentionJob& job, DType dt, const AttentionCpuPlan& plan, float* scratch) {
+  AttentionBlockFn block = generic::attention_block(dt);
+#if defined(FUSEDCONV_X86_KERNELS)
+  if (std::strcmp(active_isa(), "avx2") == 0) block = avx2::attention_block(dt);
+#endif
+  parallel_for(job.batch * plan.query_blocks, plan.threads, [&](int task, int worker) {
+    const int b = task / plan.query_blocks;
+    const int q0 = (task % plan.query_blocks) * kAttnQueryBlock;
+    block(job, b, q0, std::min(job.tq, q0 + kAttnQueryBlock), scratch + size_t(worker) * plan.worker_floats);
+  });
+}
+
+}  // namespace fusedconv::cpu

@@ -1,0 +1,43 @@
+// CPU backend of single-head attention softmax(q k^T * scale) v over pixels (the
+// VAE mid-block): flash-attention style, one block of queries per task, keys and
+// values streamed in blocks with an online softmax. No tokens x tokens scores; the
+// scratch is per worker and independent of the token count.
+#pragma once
+
+#include <cstddef>
+
+#include "cpu/dtype.h"
+
+namespace fusedconv::cpu {
+
+constexpr int kAttnQueryBlock = 48;
+constexpr int kAttnKeyBlock = 64;
+
+struct AttentionCpuPlan {
+  int threads;
+  int query_blocks;      // per batch item
+  size_t worker_floats;  // Q block, packed K and V blocks, scores, O accumulators, m, l
+};
+
+AttentionCpuPlan plan_attention(int batch, int tq, int c, int threads);
+
+struct AttentionJob {
+  int batch, tq, tk, c;
+  float scale;
+  const void* q;  // [B,Tq,C]
+  const void* k;  // [B,Tk,C]
+  const void* v;  // [B,Tk,C]
+  void* out;      // [B,Tq,C]
+};
+
+void attention(const AttentionJob& job, DType dt, const AttentionCpuPlan& plan, float* scratch);
+
+using AttentionBlockFn = void (*)(const AttentionJob&, int b, int q0, int q1, float* work);
+namespace generic {
+AttentionBlockFn attention_block(DType dt);
+}
+namespace avx2 {
+AttentionBlockFn attention_block(DType dt);
+}
+
+}  // namespace fusedconv::cpu

@@ -1,0 +1,40 @@
+#include "cpu/linear.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "cpu/isa.h"
+#include "cpu/pack.h"
+#include "cpu/parallel.h"
+
+namespace fusedconv::cpu {
+
+LinearCpuPlan plan_linear(int m, int k, int n, int threads) {
+  LinearCpuPlan plan{};
+  plan.row_blocks = ceil_div(m, kLinearRowBlock);
+  plan.threads = std::max(1, std::min(threads, plan.row_blocks));
+  plan.packed_floats = size_t(ceil_div(n, kPanel)) * k * kPanel;
+  plan.worker_floats = size_t(kLinearRowBlock) * k;
+  return plan;
+}
+
+void linear(const LinearJob& job_in, DType dt, const void* w, const LinearCpuPlan& plan, float* scratch) {
+  LinearJob job = job_in;
+  job.packed_w = scratch;
+  switch (dt) {
+    case DType::f32: pack_panels(static_cast<const float*>(w), job.n, 1, job.k, scratch, plan.threads); break;
+    case DType::f16: pack_panels(static_cast<const f16*>(w), job.n, 1, job.k, scratch, plan.threads); break;
+    case DType::bf16: pack_panels(static_cast<const bf16*>(w), job.n, 1, job.k, scratch, plan.threads); break;
+  }
+  LinearRowsFn rows = generic::linear_rows(dt);
+#if defined(FUSEDCONV_X86_KERNELS)
+  if (std::strcmp(active_isa(), "avx2") == 0) rows = avx2::linear_rows(dt);
+#endif
+  float* work = scratch + plan.packed_floats;
+  parallel_for(plan.row_blocks, plan.threads, [&](int blk, int worker) {
+    const int r0 = blk * kLinearRowBlock;
+    rows(job, r0, std::min(job.m, r0 + kLinearRowBlock), work + size_t(worker) * plan.worker_floats);
+  });
+}
+
+}  // namespace fusedconv::cpu

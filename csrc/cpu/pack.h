@@ -1,0 +1,29 @@
+// Weight packing shared by the CPU kernels: [N][taps][K] -> [ceil(N/16)][taps][K][16]
+// f32, zero beyond N, so that a micro-kernel streams one 16-column panel.
+#pragma once
+
+#include "cpu/dtype.h"
+#include "cpu/parallel.h"
+
+namespace fusedconv::cpu {
+
+constexpr int kPanel = 16;
+
+inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+template <class T>
+void pack_panels(const T* w, int n, int taps, int k, float* packed, int threads) {
+  const int blocks = ceil_div(n, kPanel);
+  parallel_for(blocks * taps, threads, [&](int task, int) {
+    const int nb = task / taps, tap = task % taps;
+    float* dst = packed + (size_t(nb) * taps + tap) * k * kPanel;
+    for (int c = 0; c < k; ++c) {
+      for (int j = 0; j < kPanel; ++j) {
+        const int o = nb * kPanel + j;
+        dst[size_t(c) * kPanel + j] = o < n ? to_f32(w[(size_t(o) * taps + tap) * k + c]) : 0.0f;
+      }
+    }
+  });
+}
+
+}  // namespace fusedconv::cpu
