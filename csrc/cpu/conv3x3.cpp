@@ -93,7 +93,7 @@ Conv3x3CpuPlan plan_conv3x3(const Conv3x3Params& p, int threads) {
   plan.packed_weight_floats = size_t(ceil_div(p.o, kConvOBlock)) * 9 * p.c * kConvOBlock;
   plan.packed_shortcut_floats = size_t(ceil_div(p.o, kConvOBlock)) * p.shortcut_c * kConvOBlock;
   plan.norm_floats = p.groups ? size_t(p.n) * 3 * p.c : 0;
-  plan.halo_floats = 3 * size_t(plan.strip_w + 2) * p.c;
+  plan.halo_floats = 3 * size_t(plan.strip_w + 2) * p.c + size_t(plan.strip_w) * kConvOBlock;
   return plan;
 }
 

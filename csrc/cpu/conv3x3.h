@@ -15,6 +15,8 @@ namespace fusedconv::cpu {
 constexpr int kConvOBlock = 16;
 // Output pixels per micro-kernel call (register rows).
 constexpr int kConvPixels = 6;
+// Input channels per pass over a strip (keeps the weight sub-panel cache-resident).
+constexpr int kConvKChunk = 128;
 
 struct Conv3x3Buffers {
   const void* x;         // [N,H,W,C]
@@ -40,7 +42,7 @@ struct Conv3x3CpuPlan {
   size_t packed_weight_floats;  // ceil(O/16) * 9 * C * 16
   size_t packed_shortcut_floats;  // ceil(O/16) * Cs * 16
   size_t norm_floats;           // N * 3 * C (mean, scale, shift per channel)
-  size_t halo_floats;           // per worker: 3 rows * (strip_w + 2) * C
+  size_t halo_floats;           // per worker: 3 rows * (strip_w + 2) * C + strip_w * 16 partial sums
   size_t scratch_floats() const {
     return packed_weight_floats + packed_shortcut_floats + norm_floats + size_t(threads) * halo_floats;
   }
