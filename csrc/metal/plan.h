@@ -1,0 +1,102 @@
+// Dispatch plans of the Metal kernels: kernel name, grid, threadgroup size,
+// threadgroup memory and buffer order. Plain C++ shared by the Metal host code
+// (primitives_metal.cpp) and the CPU emulator that runs the same .metal sources
+// in CI (tests/metal_emu), so both launch kernels identically.
+#pragma once
+
+#include <string>
+
+#include "metal/tiles.h"
+#include "params.h"
+
+namespace fusedconv::metal_plan {
+
+struct Dim3 {
+  unsigned x, y, z;
+};
+
+struct KernelPlan {
+  std::string name;       // [[host_name]] of the instantiated kernel
+  Dim3 threadgroups;      // grid, in threadgroups
+  Dim3 threads;           // threads per threadgroup
+  size_t threadgroup_bytes;  // the threadgroup array the kernel declares (checked by the emulator)
+};
+
+// ---- Buffer order (the kernels' [[buffer(i)]] indices) -------------------------
+
+enum Conv3x3Buffer : int {
+  kConvX = 0,
+  kConvWeight = 1,
+  kConvStats = 2,
+  kConvGamma = 3,
+  kConvBeta = 4,
+  kConvBias = 5,
+  kConvResidual = 6,
+  kConvShortcutX = 7,
+  kConvShortcutW = 8,
+  kConvShortcutBias = 9,
+  kConvOut = 10,
+  kConvParams = 11,
+  kConvBufferCount = 12,
+};
+
+enum GroupNormStatsBuffer : int {
+  kStatsX = 0,
+  kStatsOut = 1,
+  kStatsParams = 2,
+  kStatsBufferCount = 3,
+};
+
+// ---- conv3x3 tile configurations (sizes in metal/tiles.h) ------------------------
+
+struct ConvTile {
+  int sg_m, sg_n, fm, fn;
+  int tm() const { return sg_m * fm * 8; }
+  int tn() const { return sg_n * fn * 8; }
+  int threads() const { return sg_m * sg_n * 32; }
+};
+// General tile: 32 pixels x 32 channels, 4 simdgroups of 2x2 fragments.
+constexpr ConvTile kConvTileWide{2, 2, 2, 2};
+// Few output channels (conv_out has O = 3): 32 pixels x 8 channels, no wasted columns.
+constexpr ConvTile kConvTileNarrow{4, 1, 1, 1};
+
+enum class KernelDType { float32, float16, bfloat16 };
+
+inline const char* dtype_name(KernelDType dt) {
+  switch (dt) {
+    case KernelDType::float32: return "float32";
+    case KernelDType::float16: return "float16";
+    case KernelDType::bfloat16: return "bfloat16";
+  }
+  return "";
+}
+
+// Threadgroup memory of a tile: halo [3][TM+2][BK] + weights [9][BK][TN] floats,
+// reused by the shortcut pass as A [TM][BK] + B [BK][TN].
+inline size_t conv_threadgroup_floats(const ConvTile& t) {
+  return size_t(3) * (t.tm() + 2) * kConvBK + size_t(9) * kConvBK * t.tn();
+}
+
+inline KernelPlan plan_conv3x3(const Conv3x3Params& p, KernelDType dtype) {
+  const ConvTile t = p.o <= 8 ? kConvTileNarrow : kConvTileWide;
+  KernelPlan k;
+  k.name = std::string("fc_conv3x3_") + dtype_name(dtype) + "_" + std::to_string(t.sg_m) + "x" +
+           std::to_string(t.sg_n) + "_" + std::to_string(t.fm) + "x" + std::to_string(t.fn);
+  k.threadgroups = {unsigned((p.wo + t.tm() - 1) / t.tm()), unsigned(p.ho),
+                    unsigned(p.n * ((p.o + t.tn() - 1) / t.tn()))};
+  k.threads = {unsigned(t.threads()), 1, 1};
+  k.threadgroup_bytes = conv_threadgroup_floats(t) * sizeof(float);
+  return k;
+}
+
+// One threadgroup per (image, group); two passes (mean, then squared deviations).
+inline KernelPlan plan_group_norm_stats(const GroupNormStatsParams& p, KernelDType dtype) {
+  KernelPlan k;
+  k.name = std::string("fc_group_norm_stats_") + dtype_name(dtype);
+  k.threadgroups = {unsigned(p.groups), unsigned(p.n), 1};
+  k.threads = {kStatsThreads, 1, 1};
+  k.threadgroup_bytes = kStatsThreadgroupFloats * sizeof(float);
+  return k;
+}
+
+}  // namespace fusedconv::metal_plan
