@@ -92,7 +92,8 @@ def test_loading_reads_only_decoder_tensors(saved_vae, tmp_path):
     mx.reset_peak_memory()
     base = mx.get_active_memory()
     dec = load_decoder(path, config=CONFIGS[name], dtype=mx.float32)
-    assert mx.get_peak_memory() - base < 2 * decoder_bytes + 8 * 2**20
+    # The f32 weights themselves plus one tensor in flight (the largest is 9*64*64*4 B).
+    assert mx.get_peak_memory() - base < decoder_bytes + 2 * 2**20
     del dec
 
 

@@ -64,24 +64,24 @@ def _convert(name: str, value: mx.array, target_shape, dtype) -> mx.array:
     return value.astype(dtype)
 
 
-def load_state(model: AutoencoderKLDecoder, tensors: Mapping[str, mx.array], dtype=mx.bfloat16) -> None:
-    """Loads a flat {key: array} (diffusers or LDM/BFL keys, optional checkpoint prefix) into model."""
+def load_state(model: AutoencoderKLDecoder, tensors: Dict[str, mx.array], dtype=mx.bfloat16) -> None:
+    """Loads a flat {key: array} (diffusers or LDM/BFL keys, optional checkpoint prefix) into model.
+
+    Decoder entries are popped from `tensors` as they are converted."""
     prefix = _strip_prefix(tensors.keys())
     num_up = len(model.config.block_out_channels)
     diffusers_style = any(k[len(prefix) :].startswith(("decoder.mid_block.", "decoder.up_blocks.")) for k in tensors)
     expected = dict(tree_flatten(model.parameters()))
     found: Dict[str, mx.array] = {}
-    for key, value in tensors.items():
-        if not key.startswith(prefix):
-            continue
+    decoder_keys = [k for k in tensors if k.startswith(prefix) and _is_decoder_key(k[len(prefix) :])]
+    for key in decoder_keys:
         k = key[len(prefix) :]
-        if not _is_decoder_key(k):
-            continue
         name = k if diffusers_style else _ldm_to_diffusers(k, num_up)
         if name not in expected:
             raise ValueError(f"weights: {key!r} does not fit this config (no parameter {name!r})")
-        found[name] = _convert(key, value, expected[name].shape, dtype)
-        mx.eval(found[name])  # stream: one converted tensor at a time
+        # pop: the as-stored tensor is freed once converted, never a second full copy
+        found[name] = _convert(key, tensors.pop(key), expected[name].shape, dtype)
+        mx.eval(found[name])
     if not found:
         raise ValueError("weights: the checkpoint has no VAE decoder tensors (decoder.* / post_quant_conv.*)")
     missing = sorted(set(expected) - set(found))
