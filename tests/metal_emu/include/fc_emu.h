@@ -20,6 +20,7 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -66,9 +67,19 @@ inline void* find_kernel(const std::string& name) {
 
 enum class Wait { none, tg_barrier, simd_barrier, done };
 
+constexpr size_t kFiberStack = 256 * 1024;
+
+// Fiber stacks, allocated once and reused by every threadgroup (uninitialised: a
+// fresh zeroed stack per thread per threadgroup dominated the emulator's run time).
+inline char* fiber_stack(int t) {
+  static std::vector<std::unique_ptr<char[]>> stacks;
+  while (int(stacks.size()) <= t) stacks.emplace_back(new char[kFiberStack]);
+  return stacks[t].get();
+}
+
 struct Fiber {
   ucontext_t ctx{};
-  std::vector<char> stack;
+  char* stack = nullptr;
   Wait wait = Wait::none;
   void* fake_stack = nullptr;  // ASan's per-context fake stack
 };
@@ -136,7 +147,7 @@ struct Launch {
     running = t;
     Fiber& f = fibers[t];
 #if defined(FC_EMU_ASAN)
-    __sanitizer_start_switch_fiber(&scheduler_fake_stack, f.stack.data(), f.stack.size());
+    __sanitizer_start_switch_fiber(&scheduler_fake_stack, f.stack, kFiberStack);
 #endif
     swapcontext(&scheduler, &f.ctx);
 #if defined(FC_EMU_ASAN)
@@ -167,10 +178,10 @@ struct Launch {
     fibers.assign(threads, Fiber{});
     for (int t = 0; t < threads; ++t) {
       Fiber& f = fibers[t];
-      f.stack.resize(512 * 1024);
+      f.stack = fiber_stack(t);
       getcontext(&f.ctx);
-      f.ctx.uc_stack.ss_sp = f.stack.data();
-      f.ctx.uc_stack.ss_size = f.stack.size();
+      f.ctx.uc_stack.ss_sp = f.stack;
+      f.ctx.uc_stack.ss_size = kFiberStack;
       f.ctx.uc_link = nullptr;
       makecontext(&f.ctx, &Launch::entry, 0);
     }
