@@ -1,0 +1,1 @@
+"""Drop-in integrations of the fused decoder into other MLX projects."""

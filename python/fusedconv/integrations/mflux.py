@@ -1,0 +1,102 @@
+"""mflux drop-in: decode through fusedconv's fused ops.
+
+    from fusedconv.integrations import mflux as fused_mflux
+    fused_mflux.patch()      # every mflux Flux / Z-Image VAE now decodes with the fused ops
+    fused_mflux.unpatch()    # back to mflux's own decoder
+
+Covered (mflux 0.24): ``VAE.decode`` of the FLUX.1 VAE (mflux.models.flux) and of the
+Z-Image VAE (mflux.models.z_image), so every path that ends in ``vae.decode`` - plain
+generation and mflux's tiled decode (each tile goes through ``decode``) - is fused;
+Z-Image's block-decoder modes (``decode_mode`` other than legacy) are replaced by the
+full-frame fused decode, which needs no strips. Not covered: FLUX.2's VAE (batch-norm
+latent statistics), Qwen-Image / Wan / SeedVR2 VAEs (3-D causal convolutions).
+
+The fused decoder shares the mflux decoder's weight arrays (no copy): mflux's conv
+wrappers (conv_in.conv2d, conv_norm_out.norm, ...) are the only names that differ from
+diffusers'.
+"""
+
+from __future__ import annotations
+
+import importlib
+import weakref
+from typing import Dict, List, Tuple
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from ..config import PRESETS
+from ..decoder import AutoencoderKLDecoder
+
+# (module, class, preset) of each covered mflux VAE.
+COVERED = [
+    ("mflux.models.flux.model.flux_vae.vae", "VAE", "flux"),
+    ("mflux.models.z_image.model.z_image_vae.vae", "VAE", "z-image"),
+]
+
+_originals: Dict[type, object] = {}
+_decoders: Dict[int, AutoencoderKLDecoder] = {}
+
+
+# mflux wraps three decoder layers in modules of its own; everything else has diffusers' names.
+_MFLUX_WRAPPERS = {
+    "conv_in.conv2d.": "conv_in.",
+    "conv_in.conv.": "conv_in.",
+    "conv_out.conv2d.": "conv_out.",
+    "conv_out.conv.": "conv_out.",
+    "conv_norm_out.norm.": "conv_norm_out.",
+}
+
+
+def _diffusers_name(mflux_key: str) -> str:
+    """mflux decoder parameter name -> fusedconv's (diffusers') name."""
+    for wrapped, plain in _MFLUX_WRAPPERS.items():
+        if mflux_key.startswith(wrapped):
+            return plain + mflux_key[len(wrapped) :]
+    return mflux_key
+
+
+def fused_decoder_for(vae, preset: str) -> AutoencoderKLDecoder:
+    """The fused decoder that shares `vae.decoder`'s arrays, built once per mflux VAE."""
+    key = id(vae)
+    if key not in _decoders:
+        weights: List[Tuple[str, mx.array]] = [
+            ("decoder." + _diffusers_name(k), v) for k, v in tree_flatten(vae.decoder.parameters())
+        ]
+        dec = AutoencoderKLDecoder(PRESETS[preset])
+        dec.load_weights(weights, strict=True)
+        _decoders[key] = dec
+        weakref.finalize(vae, _decoders.pop, key, None)
+    return _decoders[key]
+
+
+def _fused_decode(preset: str):
+    def decode(self, latents: mx.array) -> mx.array:
+        if latents.ndim == 5:
+            latents = latents[:, :, 0, :, :]
+        z = (latents / self.scaling_factor) + self.shift_factor
+        image = fused_decoder_for(self, preset).decode(z.transpose(0, 2, 3, 1))
+        return image.transpose(0, 3, 1, 2)[:, :, None, :, :]
+
+    decode.__doc__ = f"fusedconv's fused decode (patched in by fusedconv.integrations.mflux, preset {preset!r})."
+    return decode
+
+
+def patch() -> List[str]:
+    """Makes the covered mflux VAEs decode through fusedconv. Returns the patched classes."""
+    patched = []
+    for module_name, class_name, preset in COVERED:
+        cls = getattr(importlib.import_module(module_name), class_name)
+        if cls not in _originals:
+            _originals[cls] = cls.decode
+            cls.decode = _fused_decode(preset)
+        patched.append(f"{module_name}.{class_name}")
+    return patched
+
+
+def unpatch() -> None:
+    """Restores mflux's own decoders."""
+    for cls, original in _originals.items():
+        cls.decode = original
+    _originals.clear()
+    _decoders.clear()

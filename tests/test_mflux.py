@@ -1,0 +1,89 @@
+"""fusedconv.integrations.mflux against mflux 0.24's own VAE decoders (random weights).
+
+mflux is installed without its dependencies (it would pull MLX's CUDA build on Linux)
+plus the few its VAE modules import: see .ci/run."""
+
+import gc
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten, tree_unflatten
+
+from fusedconv.integrations import mflux as fused_mflux
+from reference import normalized_error
+
+mflux = pytest.importorskip("mflux", reason="mflux 0.24 is installed by .ci/run (pip install --no-deps)")
+
+# Whole-decoder bf16 parity, as in test_vae_diffusers.py: ~20 layers of bf16 rounding.
+BF16_TOL = 0.05
+
+
+def random_vae(module_name, seed=0):
+    import importlib
+
+    vae = importlib.import_module(module_name).VAE()
+    rng = np.random.default_rng(seed)
+    params = []
+    for k, v in tree_flatten(vae.decoder.parameters()):
+        if v.ndim == 1 and "norm" in k and k.endswith("weight"):
+            a = 1 + 0.2 * rng.standard_normal(v.shape)
+        elif v.ndim == 1:
+            a = 0.1 * rng.standard_normal(v.shape)
+        else:
+            a = rng.standard_normal(v.shape) / np.sqrt(np.prod(v.shape[1:]))
+        params.append((k, mx.array(a.astype(np.float32)).astype(mx.bfloat16)))
+    vae.decoder.update(tree_unflatten(params))
+    mx.eval(vae.decoder.parameters())
+    return vae
+
+
+@pytest.fixture
+def patched():
+    yield fused_mflux.patch()
+    fused_mflux.unpatch()
+
+
+@pytest.mark.parametrize("module_name, _", [(m, p) for m, _, p in fused_mflux.COVERED], ids=["flux", "z-image"])
+def test_patched_decode_matches_mflux(module_name, _):
+    vae = random_vae(module_name)
+    latents = mx.random.normal((1, 16, 1, 7, 5), key=mx.random.key(1)).astype(mx.bfloat16)
+    want = vae.decode(latents)
+    patched = fused_mflux.patch()
+    try:
+        assert any(module_name in p for p in patched)
+        got = vae.decode(latents)
+    finally:
+        fused_mflux.unpatch()
+    assert got.shape == want.shape == (1, 3, 1, 56, 40)
+    assert normalized_error(got, want) <= BF16_TOL
+    assert mx.array_equal(vae.decode(latents), want).item()  # unpatch restores mflux's decoder
+
+
+def test_fused_decoder_shares_mflux_weights(patched):
+    vae = random_vae("mflux.models.flux.model.flux_vae.vae")
+    dec = fused_mflux.fused_decoder_for(vae, "flux")
+    assert dec.decoder.conv_in.weight is vae.decoder.conv_in.conv2d.weight
+    assert dec.decoder.up_blocks[0].resnets[0].conv1.weight is vae.decoder.up_blocks[0].resnets[0].conv1.weight
+
+
+def peak_decode(vae, latents):
+    gc.collect()
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    base = mx.get_active_memory()
+    mx.eval(vae.decode(latents))
+    return mx.get_peak_memory() - base
+
+
+def test_patched_decode_peaks_lower():
+    vae = random_vae("mflux.models.flux.model.flux_vae.vae")
+    latents = mx.random.normal((1, 16, 1, 8, 8)).astype(mx.bfloat16)  # a 64x64 image
+    unpatched = peak_decode(vae, latents)
+    fused_mflux.patch()
+    try:
+        fused = peak_decode(vae, latents)
+    finally:
+        fused_mflux.unpatch()
+    print(f"mflux decode peak above weights: {unpatched / 2**20:.1f} MiB, patched {fused / 2**20:.1f} MiB")
+    assert fused < unpatched / 2
