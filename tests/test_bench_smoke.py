@@ -23,6 +23,7 @@ def test_op_bench(tmp_path):
     for row in data["results"]:
         assert row["fused"]["peak_above_inputs_bytes"] > 0 and "median_s" in row["reference"]
     assert (tmp_path / "ops_16_bfloat16.png").stat().st_size > 0
+    assert "| up3 resnet conv" in run_bench("bench.report", str(tmp_path / "ops_16_bfloat16.json"))
 
 
 def test_decoder_bench(tmp_path):
@@ -34,3 +35,5 @@ def test_decoder_bench(tmp_path):
     assert by[("fused", 32)]["peak_over_floor"] > 0 and by[("diffusers", 32)]["max_rss_bytes"] > 0
     assert "skipped" in by[("reference", 32)] and "median_s" in by[("reference", 16)]
     assert (tmp_path / "decoder_flux_bfloat16.png").stat().st_size > 0
+    table = run_bench("bench.report", str(tmp_path / "decoder_flux_bfloat16.json"))
+    assert "| 32 | fused |" in table and "fused takes" in table
