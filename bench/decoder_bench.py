@@ -71,6 +71,7 @@ def child(method: str, size: int, weights: Path, dtype_name: str, repeats: int, 
             mx.eval(dec(zm))
 
         base = reset_peak()
+        result["rss_before_decode_bytes"] = current_rss_bytes()
         first = time_runs(run, 1, warmup=0)  # the warm-up doubles as the allocator-peak measurement
         result["peak_alloc_bytes"] = mx.get_peak_memory()
         result["peak_above_inputs_bytes"] = mx.get_peak_memory() - base
@@ -79,13 +80,11 @@ def child(method: str, size: int, weights: Path, dtype_name: str, repeats: int, 
         warmup = 0
         if method == "reference" and repeats <= 1:
             # Minutes per run on Linux CPU: the peak run is also the one timed run.
-            result.update(first, warmup_excluded=False, rss_before_decode_bytes=current_rss_bytes())
-            result["max_rss_bytes"] = max_rss_bytes()
-            result["gflops"] = result["gflop"] / result["median_s"]
-            return result
-    result["warmup_excluded"] = True
-    result["rss_before_decode_bytes"] = current_rss_bytes()
-    result.update(time_runs(run, repeats, warmup=warmup))
+            result.update(first, warmup_excluded=False)
+    if "median_s" not in result:
+        result["warmup_excluded"] = True
+        result.setdefault("rss_before_decode_bytes", current_rss_bytes())
+        result.update(time_runs(run, repeats, warmup=warmup))
     result["max_rss_bytes"] = max_rss_bytes()
     result["gflops"] = result["gflop"] / result["median_s"]
     return result
