@@ -1,9 +1,9 @@
 """Per-op benchmark: fused conv3x3 (each option) vs the mlx.nn composition it replaces,
 at the VAE shapes of a decode.
 
-    python -m bench.op_bench --decode-size 512 [--dtype bfloat16] [--out bench/results]
+    python -m bench.op_bench --decode-size 512 1024 2048 [--dtype bfloat16] [--out bench/results]
 
-For a decode of --decode-size^2 pixels it takes each distinct 3x3 conv of the Flux/SD
+For each decode of --decode-size^2 pixels it takes each distinct 3x3 conv of the Flux/SD
 decoder (C, O in {128, 256, 512}, at the resolution where it occurs) and times the fused
 op (median of --repeats after a warm-up) and the mlx.nn composition, and records the MLX
 allocator's peak above the inputs against the op's floor (output, plus a materialised
@@ -78,7 +78,7 @@ def measure(fn, repeats: int) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--decode-size", type=int, default=512)
+    p.add_argument("--decode-size", type=int, nargs="+", default=[512])
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--reference-max-gflop", type=float, default=60.0)
@@ -86,23 +86,24 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     dtype = getattr(mx, args.dtype)
 
-    rows = []
-    for name, c, o, div, option in VAE_CONVS:
-        res = args.decode_size // div
-        x, w, b, g, beta, r, up = make_inputs(c, o, res, option, dtype)
-        gflop = 2 * (res * up) ** 2 * c * o * 9 / 1e9
-        row = {"name": name, "C": c, "O": o, "input_res": res, "option": option, "gflop": gflop}
-        row["fused"] = measure(fused_fn(x, w, b, g, beta, r, up, option), args.repeats)
-        if gflop <= args.reference_max_gflop:
-            row["reference"] = measure(reference_fn(x, w, b, g, beta, r, up, option), 1)
-        else:
-            row["reference"] = {"skipped": f"{gflop:.0f} GFLOP > --reference-max-gflop {args.reference_max_gflop}"}
-        rows.append(row)
-        print_row(row)
-    stem = f"ops_{args.decode_size}_{args.dtype}"
-    write_json(args.out / f"{stem}.json", {"machine": machine_info(), "args": {**vars(args), "out": str(args.out)},
-                                           "results": rows})
-    plot(rows, args.out / f"{stem}.png", args.decode_size)
+    for size in args.decode_size:
+        rows = []
+        for name, c, o, div, option in VAE_CONVS:
+            res = size // div
+            x, w, b, g, beta, r, up = make_inputs(c, o, res, option, dtype)
+            gflop = 2 * (res * up) ** 2 * c * o * 9 / 1e9
+            row = {"name": name, "C": c, "O": o, "input_res": res, "option": option, "gflop": gflop}
+            row["fused"] = measure(fused_fn(x, w, b, g, beta, r, up, option), args.repeats)
+            if gflop <= args.reference_max_gflop:
+                row["reference"] = measure(reference_fn(x, w, b, g, beta, r, up, option), 1)
+            else:
+                row["reference"] = {"skipped": f"{gflop:.0f} GFLOP > --reference-max-gflop {args.reference_max_gflop}"}
+            rows.append(row)
+            print_row(row)
+        stem = f"ops_{size}_{args.dtype}"
+        run_args = {**vars(args), "decode_size": size, "out": str(args.out)}
+        write_json(args.out / f"{stem}.json", {"machine": machine_info(), "args": run_args, "results": rows})
+        plot(rows, args.out / f"{stem}.png", size)
     return 0
 
 
