@@ -2,7 +2,8 @@
 
 One parameter tree drives two paths: the reference path (plain mlx.nn ops: GroupNorm,
 SiLU, Upsample, Conv2d, full attention) and the fused path (group_norm_stats + conv3x3 with
-norm/SiLU/upsample/residual fused, query-chunked attention). ``set_fused`` switches in place.
+norm/SiLU/upsample/residual/shortcut fused; attention that never holds its score matrix: a
+flash-style primitive on the CPU, query chunks on the GPU). ``set_fused`` switches in place.
 """
 
 from __future__ import annotations
