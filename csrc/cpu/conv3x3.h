@@ -7,12 +7,13 @@
 #include <cstddef>
 
 #include "cpu/dtype.h"
+#include "cpu/pack.h"
 #include "params.h"
 
 namespace fusedconv::cpu {
 
 // Output channels per weight panel / micro-kernel column block (two 8-lane vectors).
-constexpr int kConvOBlock = 16;
+constexpr int kConvOBlock = kPanel;
 // Output pixels per micro-kernel call (register rows).
 constexpr int kConvPixels = 6;
 // Input channels per pass over a strip (keeps the weight sub-panel cache-resident).
