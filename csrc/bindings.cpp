@@ -28,8 +28,8 @@ NB_MODULE(_ext, m) {
         "stream"_a = nb::none());
   m.def("attention", &fusedconv::attention, "q"_a, "k"_a, "v"_a, "scale"_a, nb::kw_only(),
         "stream"_a = nb::none());
-  m.def("cpu_isa", [] { return std::string(fusedconv::cpu::active_isa()); },
-        "Instruction set the CPU kernels use now (FUSEDCONV_CPU_ISA=generic forces the portable one).");
-  m.def("cpu_isas", [] { return std::string(fusedconv::cpu::available_isas()); },
+  m.def("cpu_isa", [] { return std::string(fusedconv::cpu::isa_name(fusedconv::cpu::active_isa())); },
+        "Instruction set the CPU kernels use now (FUSEDCONV_CPU_ISA=<name> forces one this CPU supports).");
+  m.def("cpu_isas", [] { return fusedconv::cpu::available_isas(); },
         "Comma-separated instruction sets this machine can run.");
 }

@@ -90,7 +90,7 @@ size_t FusedConv3x3::shortcut_index() const {
 void FusedConv3x3::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
   out.set_data(mx::allocator::malloc(out.nbytes()));
   const Conv3x3Params p = params(inputs);
-  const auto plan = cpu::plan_conv3x3(p, cpu::default_threads());
+  const auto plan = cpu::plan_conv3x3(p, cpu_dtype(out), cpu::default_threads());
   mx::array scratch = scratch_array(plan.scratch_floats());
 
   auto& enc = mx::cpu::get_command_encoder(stream());

@@ -50,8 +50,12 @@ def test_attention_matches_softmax_reference(cpu_isa, dtype, b, tq, tk, c, seed)
     assert normalized_error(got, want) <= TOL[dtype]
 
 
-def test_attention_scratch_independent_of_tokens():
-    """Peak above inputs = output + per-worker blocks; 4096 tokens' scores would be 64 MiB."""
+def test_attention_scratch_independent_of_tokens(monkeypatch):
+    """Peak above inputs = output + per-worker blocks; 4096 tokens' scores would be 64 MiB.
+    Two workers for both sizes (the scratch is per worker, and 512 tokens are fewer query
+    blocks than a 16-core machine has cores)."""
+    monkeypatch.setenv("FUSEDCONV_NUM_THREADS", "2")
+
     def overhead(tokens):
         q, k, v = (mx.random.normal((1, tokens, 64)) for _ in range(3))
         mx.eval(q, k, v)

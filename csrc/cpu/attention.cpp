@@ -1,7 +1,6 @@
 #include "cpu/attention.h"
 
 #include <algorithm>
-#include <cstring>
 
 #include "cpu/isa.h"
 #include "cpu/pack.h"
@@ -24,10 +23,7 @@ AttentionCpuPlan plan_attention(int batch, int tq, int c, int threads) {
 }
 
 void attention(const AttentionJob& job, DType dt, const AttentionCpuPlan& plan, float* scratch) {
-  AttentionBlockFn block = generic::attention_block(dt);
-#if defined(FUSEDCONV_X86_KERNELS)
-  if (std::strcmp(active_isa(), "avx2") == 0) block = avx2::attention_block(dt);
-#endif
+  const AttentionBlockFn block = active_kernels().attention_block(dt);
   parallel_for(job.batch * plan.query_blocks, plan.threads, [&](int task, int worker) {
     const int b = task / plan.query_blocks;
     const int q0 = (task % plan.query_blocks) * kAttnQueryBlock;

@@ -33,11 +33,5 @@ struct AttentionJob {
 void attention(const AttentionJob& job, DType dt, const AttentionCpuPlan& plan, float* scratch);
 
 using AttentionBlockFn = void (*)(const AttentionJob&, int b, int q0, int q1, float* work);
-namespace generic {
-AttentionBlockFn attention_block(DType dt);
-}
-namespace avx2 {
-AttentionBlockFn attention_block(DType dt);
-}
 
 }  // namespace fusedconv::cpu

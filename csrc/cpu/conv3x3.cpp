@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <cstring>
 
 #include "cpu/isa.h"
 #include "cpu/pack.h"
@@ -12,20 +11,13 @@ namespace fusedconv::cpu {
 
 namespace {
 
-// Halo ring per worker: 3 rows of (strip_w + 2) pixels x C floats. 192 KiB
-// keeps it in L2 next to one weight panel (9*C*16 floats).
-constexpr size_t kHaloBudgetFloats = 48 * 1024;
+// Halo ring per worker: 3 rows of (strip_w + 2) pixels x C elements. 192 KiB
+// keeps it in L2 next to one weight panel (9*C*16 elements).
+constexpr size_t kHaloBudgetBytes = 192 * 1024;
 constexpr int kMaxStrip = 120;
 constexpr int kUnitsPerThread = 8;
 
 int round_up(int v, int m) { return (v + m - 1) / m * m; }
-
-Conv3x3UnitFn select_unit(DType dt) {
-#if defined(FUSEDCONV_X86_KERNELS)
-  if (std::strcmp(active_isa(), "avx2") == 0) return avx2::conv3x3_unit(dt);
-#endif
-  return generic::conv3x3_unit(dt);
-}
 
 template <class T>
 void fill_norm(const Conv3x3Params& p, const Conv3x3Buffers& b, float* norm) {
@@ -46,16 +38,26 @@ void fill_norm(const Conv3x3Params& p, const Conv3x3Buffers& b, float* norm) {
 }
 
 template <class T>
-void run(const Conv3x3Params& p, const Conv3x3Buffers& b, const Conv3x3CpuPlan& plan,
-         float* scratch, Conv3x3UnitFn unit) {
+void pack(const T* w, int o, int taps, int c, bool pairs, float* dst, int threads) {
+  if (pairs) {
+    pack_panel_pairs(w, o, taps, c, reinterpret_cast<bf16*>(dst), threads);
+  } else {
+    pack_panels(w, o, taps, c, dst, threads);
+  }
+}
+
+template <class T>
+void run(const Conv3x3Params& p, const Conv3x3Buffers& b, const Conv3x3CpuPlan& plan, float* scratch) {
   float* packed = scratch;
   float* packed_sc = p.shortcut_c ? packed + plan.packed_weight_floats : nullptr;
   float* norm = p.groups ? packed + plan.packed_weight_floats + plan.packed_shortcut_floats : nullptr;
   float* halos = packed + plan.packed_weight_floats + plan.packed_shortcut_floats + plan.norm_floats;
-  pack_panels(static_cast<const T*>(b.weight), p.o, 9, p.c, packed, plan.threads);
-  if (packed_sc) pack_panels(static_cast<const T*>(b.shortcut_w), p.o, 1, p.shortcut_c, packed_sc, plan.threads);
+  const bool pairs = plan.kernel.channel_pairs;
+  pack(static_cast<const T*>(b.weight), p.o, 9, p.c, pairs, packed, plan.threads);
+  if (packed_sc) pack(static_cast<const T*>(b.shortcut_w), p.o, 1, p.shortcut_c, pairs, packed_sc, plan.threads);
   if (norm) fill_norm<T>(p, b, norm);
   const Conv3x3Job job{&p, b, packed, packed_sc, norm};
+  const Conv3x3UnitFn unit = plan.kernel.unit;
   parallel_for(plan.units, plan.threads, [&](int u, int worker) {
     const int strip = u % plan.strips;
     const int band = (u / plan.strips) % plan.bands;
@@ -76,34 +78,38 @@ int default_threads() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
-Conv3x3CpuPlan plan_conv3x3(const Conv3x3Params& p, int threads) {
+Conv3x3CpuPlan plan_conv3x3(const Conv3x3Params& p, DType dt, int threads) {
   Conv3x3CpuPlan plan{};
-  int strip = int(kHaloBudgetFloats / (3 * size_t(p.c))) - 2;
-  strip = std::clamp(strip / kConvPixels * kConvPixels, kConvPixels, kMaxStrip);
+  const bool even_channels = p.c % 2 == 0 && p.shortcut_c % 2 == 0;
+  plan.kernel = active_kernels().conv3x3(dt, even_channels);
+  const int rows = plan.kernel.rows;
+  const size_t elem_bytes = plan.kernel.channel_pairs ? sizeof(bf16) : sizeof(float);
+  int strip = int(kHaloBudgetBytes / (3 * size_t(p.c) * elem_bytes)) - 2;
+  strip = std::clamp(strip / rows * rows, rows, kMaxStrip);
   strip = std::min(strip, p.wo);
   plan.strips = ceil_div(p.wo, strip);
-  // Even out the strips (a last strip of a few pixels wastes the micro-kernel).
-  plan.strip_w = std::min(strip, round_up(ceil_div(p.wo, plan.strips), kConvPixels));
+  // Even out the strips (a last strip of a few pixels wastes the GEMM step).
+  plan.strip_w = std::min(strip, round_up(ceil_div(p.wo, plan.strips), rows));
   plan.strips = ceil_div(p.wo, plan.strip_w);
   const int want_bands = ceil_div(kUnitsPerThread * threads, p.n * plan.strips);
   plan.band_h = ceil_div(p.ho, std::clamp(want_bands, 1, p.ho));
   plan.bands = ceil_div(p.ho, plan.band_h);
   plan.units = p.n * plan.strips * plan.bands;
   plan.threads = std::max(1, std::min(threads, plan.units));
-  plan.packed_weight_floats = size_t(ceil_div(p.o, kConvOBlock)) * 9 * p.c * kConvOBlock;
-  plan.packed_shortcut_floats = size_t(ceil_div(p.o, kConvOBlock)) * p.shortcut_c * kConvOBlock;
+  const auto floats = [&](size_t elems) { return (elems * elem_bytes + 3) / 4; };
+  plan.packed_weight_floats = floats(size_t(ceil_div(p.o, kPanel)) * 9 * p.c * kPanel);
+  plan.packed_shortcut_floats = floats(size_t(ceil_div(p.o, kPanel)) * p.shortcut_c * kPanel);
   plan.norm_floats = p.groups ? size_t(p.n) * 3 * p.c : 0;
-  plan.halo_floats = 3 * size_t(plan.strip_w + 2) * p.c + size_t(plan.strip_w) * kConvOBlock;
+  plan.halo_floats = halo_ring_floats(plan.strip_w + 2, p.c, elem_bytes) + size_t(plan.strip_w) * kPanel;
   return plan;
 }
 
 void conv3x3(const Conv3x3Params& p, DType dt, const Conv3x3Buffers& b,
              const Conv3x3CpuPlan& plan, float* scratch) {
-  const Conv3x3UnitFn unit = select_unit(dt);
   switch (dt) {
-    case DType::f32: return run<float>(p, b, plan, scratch, unit);
-    case DType::f16: return run<f16>(p, b, plan, scratch, unit);
-    case DType::bf16: return run<bf16>(p, b, plan, scratch, unit);
+    case DType::f32: return run<float>(p, b, plan, scratch);
+    case DType::f16: return run<f16>(p, b, plan, scratch);
+    case DType::bf16: return run<bf16>(p, b, plan, scratch);
   }
 }
 

@@ -12,11 +12,8 @@
 
 namespace fusedconv::cpu {
 
-// Output channels per weight panel / micro-kernel column block (two 8-lane vectors).
-constexpr int kConvOBlock = kPanel;
-// Output pixels per micro-kernel call (register rows).
-constexpr int kConvPixels = 6;
 // Input channels per pass over a strip (keeps the weight sub-panel cache-resident).
+// Even, so that a chunk never splits a bf16 channel pair.
 constexpr int kConvKChunk = 128;
 
 struct Conv3x3Buffers {
@@ -33,49 +30,56 @@ struct Conv3x3Buffers {
   void* out;             // [N,Ho,Wo,O]
 };
 
+struct Conv3x3Job;
+using Conv3x3UnitFn = void (*)(const Conv3x3Job&, int n, int y0, int y1, int x0,
+                               int x1, float* scratch);
+
+// One instruction-set build's kernel for a dtype and channel layout.
+struct Conv3x3Kernel {
+  Conv3x3UnitFn unit;
+  int rows;            // output pixels per GEMM step (strips are multiples of it)
+  bool channel_pairs;  // halo and packed weights in bf16 channel pairs (dot products)
+};
+
+// Floats of one worker's ring of three halo rows of `cols` pixels, rounded up
+// to a cache line; the partial sums follow it.
+inline size_t halo_ring_floats(int cols, int c, size_t elem_bytes) {
+  const size_t floats = (3 * size_t(cols) * c * elem_bytes + 3) / 4;
+  return (floats + 15) / 16 * 16;
+}
+
 // How one call is tiled. Every size here is independent of H and W except
 // through the strip width, which is capped: scratch stays bounded.
 struct Conv3x3CpuPlan {
+  Conv3x3Kernel kernel;
   int threads;
   int strip_w;   // output columns per work unit
   int band_h;    // output rows per work unit
   int strips, bands, units;
-  size_t packed_weight_floats;  // ceil(O/16) * 9 * C * 16
-  size_t packed_shortcut_floats;  // ceil(O/16) * Cs * 16
-  size_t norm_floats;           // N * 3 * C (mean, scale, shift per channel)
-  size_t halo_floats;           // per worker: 3 rows * (strip_w + 2) * C + strip_w * 16 partial sums
+  size_t packed_weight_floats;    // ceil(O/16) * 9 * C * 16 elements (f32, or bf16 pairs: half)
+  size_t packed_shortcut_floats;  // ceil(O/16) * Cs * 16 elements, likewise
+  size_t norm_floats;             // N * 3 * C (mean, scale, shift per channel)
+  size_t halo_floats;             // per worker: halo ring + strip_w * 16 partial sums
   size_t scratch_floats() const {
     return packed_weight_floats + packed_shortcut_floats + norm_floats + size_t(threads) * halo_floats;
   }
 };
 
-Conv3x3CpuPlan plan_conv3x3(const Conv3x3Params& p, int threads);
+// Picks the kernel of the active instruction set (isa.h) and the tiling.
+Conv3x3CpuPlan plan_conv3x3(const Conv3x3Params& p, DType dt, int threads);
 
 // Runs the whole convolution on `plan.threads` threads; scratch holds
 // plan.scratch_floats() floats.
 void conv3x3(const Conv3x3Params& p, DType dt, const Conv3x3Buffers& b,
              const Conv3x3CpuPlan& plan, float* scratch);
 
-// Instruction-set variants of the per-tile work, selected at run time.
-// FUSEDCONV_CPU_ISA=generic|avx2 forces one (tests use it to cover each path).
-const char* conv3x3_isa();
-const char* conv3x3_available_isas();
-
 // What each ISA translation unit provides (conv3x3_kernel.inc).
 struct Conv3x3Job {
   const Conv3x3Params* p;
   Conv3x3Buffers b;
-  const float* packed_w;  // [ceil(O/16)][9][C][16]
-  const float* packed_sc; // [ceil(O/16)][Cs][16] or null
+  const void* packed_w;   // [ceil(O/16)][9][C][16] f32, or [ceil(O/16)][9][C/2][16][2] bf16
+  const void* packed_sc;  // [ceil(O/16)][Cs][16], likewise; or null
   const float* norm;      // [N][3][C] or null
 };
-using Conv3x3UnitFn = void (*)(const Conv3x3Job&, int n, int y0, int y1, int x0,
-                               int x1, float* halo);
-namespace generic {
-Conv3x3UnitFn conv3x3_unit(DType dt);
-}
-namespace avx2 {
-Conv3x3UnitFn conv3x3_unit(DType dt);
-}
 
 }  // namespace fusedconv::cpu

@@ -6,22 +6,66 @@
 namespace fusedconv::cpu {
 
 namespace {
-bool cpu_has_avx2() {
+
+bool cpu_supports(Isa isa) {
+  switch (isa) {
+    case Isa::generic: return true;
 #if defined(FUSEDCONV_X86_KERNELS)
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
-#else
-  return false;
+    case Isa::avx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    case Isa::avx512:
+      return cpu_supports(Isa::avx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    case Isa::avx512bf16: return cpu_supports(Isa::avx512) && __builtin_cpu_supports("avx512bf16");
 #endif
+    default: return false;
+  }
 }
+
+constexpr Isa kAll[] = {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512bf16};
+
 }  // namespace
 
-const char* active_isa() {
-  const char* forced = std::getenv("FUSEDCONV_CPU_ISA");
-  if (forced && std::strcmp(forced, "generic") == 0) return "generic";
-  return cpu_has_avx2() ? "avx2" : "generic";
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::generic: return "generic";
+    case Isa::avx2: return "avx2";
+    case Isa::avx512: return "avx512";
+    case Isa::avx512bf16: return "avx512bf16";
+  }
+  return "generic";
 }
 
-const char* available_isas() { return cpu_has_avx2() ? "generic,avx2" : "generic"; }
+Isa active_isa() {
+  const char* forced = std::getenv("FUSEDCONV_CPU_ISA");
+  Isa best = Isa::generic;
+  for (Isa isa : kAll) {
+    if (!cpu_supports(isa)) continue;
+    if (forced && std::strcmp(forced, isa_name(isa)) == 0) return isa;
+    best = isa;
+  }
+  return best;
+}
+
+std::string available_isas() {
+  std::string out;
+  for (Isa isa : kAll) {
+    if (!cpu_supports(isa)) continue;
+    if (!out.empty()) out += ",";
+    out += isa_name(isa);
+  }
+  return out;
+}
+
+const IsaKernels& active_kernels() {
+  switch (active_isa()) {
+#if defined(FUSEDCONV_X86_KERNELS)
+    case Isa::avx2: return avx2::kernels;
+    case Isa::avx512: return avx512::kernels;
+    case Isa::avx512bf16: return avx512bf16::kernels;
+#endif
+    default: return generic::kernels;
+  }
+}
 
 }  // namespace fusedconv::cpu

@@ -1,7 +1,6 @@
 #include "cpu/linear.h"
 
 #include <algorithm>
-#include <cstring>
 
 #include "cpu/isa.h"
 #include "cpu/pack.h"
@@ -26,10 +25,7 @@ void linear(const LinearJob& job_in, DType dt, const void* w, const LinearCpuPla
     case DType::f16: pack_panels(static_cast<const f16*>(w), job.n, 1, job.k, scratch, plan.threads); break;
     case DType::bf16: pack_panels(static_cast<const bf16*>(w), job.n, 1, job.k, scratch, plan.threads); break;
   }
-  LinearRowsFn rows = generic::linear_rows(dt);
-#if defined(FUSEDCONV_X86_KERNELS)
-  if (std::strcmp(active_isa(), "avx2") == 0) rows = avx2::linear_rows(dt);
-#endif
+  const LinearRowsFn rows = active_kernels().linear_rows(dt);
   float* work = scratch + plan.packed_floats;
   parallel_for(plan.row_blocks, plan.threads, [&](int blk, int worker) {
     const int r0 = blk * kLinearRowBlock;

@@ -33,11 +33,5 @@ struct LinearJob {
 void linear(const LinearJob& job, DType dt, const void* w, const LinearCpuPlan& plan, float* scratch);
 
 using LinearRowsFn = void (*)(const LinearJob&, int r0, int r1, float* work);
-namespace generic {
-LinearRowsFn linear_rows(DType dt);
-}
-namespace avx2 {
-LinearRowsFn linear_rows(DType dt);
-}
 
 }  // namespace fusedconv::cpu

@@ -1,5 +1,6 @@
 // Weight packing shared by the CPU kernels: [N][taps][K] -> [ceil(N/16)][taps][K][16]
-// f32, zero beyond N, so that a micro-kernel streams one 16-column panel.
+// f32, zero beyond N, so that a micro-kernel streams one 16-column panel; or, for
+// the bf16 dot-product kernels, [ceil(N/16)][taps][K/2][16][2] bf16 (K even).
 #pragma once
 
 #include "cpu/dtype.h"
@@ -21,6 +22,22 @@ void pack_panels(const T* w, int n, int taps, int k, float* packed, int threads)
       for (int j = 0; j < kPanel; ++j) {
         const int o = nb * kPanel + j;
         dst[size_t(c) * kPanel + j] = o < n ? to_f32(w[(size_t(o) * taps + tap) * k + c]) : 0.0f;
+      }
+    }
+  });
+}
+
+template <class T>
+void pack_panel_pairs(const T* w, int n, int taps, int k, bf16* packed, int threads) {
+  const int blocks = ceil_div(n, kPanel);
+  parallel_for(blocks * taps, threads, [&](int task, int) {
+    const int nb = task / taps, tap = task % taps;
+    bf16* dst = packed + (size_t(nb) * taps + tap) * k * kPanel;
+    for (int c = 0; c < k; ++c) {
+      for (int j = 0; j < kPanel; ++j) {
+        const int o = nb * kPanel + j;
+        dst[(size_t(c / 2) * kPanel + j) * 2 + c % 2] =
+            o < n ? from_f32<bf16>(to_f32(w[(size_t(o) * taps + tap) * k + c])) : bf16{0};
       }
     }
   });
