@@ -23,7 +23,8 @@ struct IsaKernels {
 // The builds, each a superset of the one before: "generic" (portable), "avx2"
 // (AVX2 + FMA + F16C; x86-64), "avx512" (AVX-512 F/BW/DQ/VL: 16-lane GEMM steps)
 // and "avx512bf16" (the avx512 build, with bf16 convolutions on AVX512-BF16 dot
-// products). active_isa() is the last one this CPU runs.
+// products). active_isa() is the last one this CPU runs, avx512bf16 excepted:
+// that one runs only when FUSEDCONV_CPU_ISA names it (see isa.cpp).
 // FUSEDCONV_CPU_ISA=<name> forces a build the CPU supports (tests cover each).
 Isa active_isa();
 const char* isa_name(Isa isa);
