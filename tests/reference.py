@@ -4,7 +4,7 @@ dtype-derived tolerances the parity tests use."""
 from __future__ import annotations
 
 import mlx.core as mx
-from fusedconv.reference import normalized_error, reference_conv3x3  # noqa: F401
+from fusedconv.reference import normalized_error, reference_activation, reference_conv3x3  # noqa: F401
 
 # Unit roundoff of each storage dtype (half the spacing of values in [1, 2)).
 UNIT_ROUNDOFF = {mx.float32: 2.0**-24, mx.float16: 2.0**-11, mx.bfloat16: 2.0**-8}

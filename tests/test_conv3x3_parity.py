@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference import PARITY_TOL_F32_REF, PARITY_TOL_SAME_DTYPE, UNIT_ROUNDOFF, normalized_error, reference_conv3x3
+from reference import (
+    PARITY_TOL_F32_REF,
+    PARITY_TOL_SAME_DTYPE,
+    UNIT_ROUNDOFF,
+    normalized_error,
+    reference_activation,
+    reference_conv3x3,
+)
 
 DTYPES = [mx.float32, mx.float16, mx.bfloat16]
 
@@ -58,22 +65,41 @@ def run_both(case, *, norm, silu, upsample, eps=1e-6):
     same = reference_conv3x3(x, w, b, norm=ref_norm, residual=r, **kw)
     ref_norm32 = None if ref_norm is None else (f32(ref_norm[0]), f32(ref_norm[1]), ref_norm[2], eps)
     exact = reference_conv3x3(f32(x), f32(w), f32(b), norm=ref_norm32, residual=r32, **kw)
-    mx.eval(got, same, exact)
-    return got, same, exact
+    # Sum of the magnitudes of every term of each output: the scale of the
+    # rounding errors, which is far above |output| where the terms cancel.
+    h32 = reference_activation(f32(x), norm=ref_norm32, silu=silu, upsample=upsample)
+    magnitude = mx.conv2d(mx.abs(h32), mx.abs(f32(w)), padding=1)
+    if b is not None:
+        magnitude = magnitude + mx.abs(f32(b))
+    if sc is not None:
+        magnitude = magnitude + conv1x1(*(None if a is None else mx.abs(f32(a)) for a in sc))
+    elif r32 is not None:
+        magnitude = magnitude + mx.abs(r32)
+    mx.eval(got, same, exact, magnitude)
+    cancellation = magnitude.max().item() / max(mx.abs(exact).max().item(), 1e-6)
+    return got, same, exact, cancellation
 
 
-def assert_parity(got, same, exact, dtype, conditioning=1.0):
+def assert_parity(got, same, exact, dtype, cancellation, conditioning=1.0):
     """conditioning = |mean| / std of the normalised input: x - mean cancels that
     many leading digits in f32 on both sides, so both tolerances widen by 4u_f32
-    per unit of it."""
+    per unit of it. cancellation = max over outputs of (sum of |terms|) / max
+    |output|: the fused op rounds each activation (u) and the output (u/2) once,
+    so |got - exact| <= 2u * sum|terms| deterministically, and the same-dtype
+    composition adds its own ~4u (norm, SiLU, conv, add). That bound replaces the
+    random-walk tolerances where the terms cancel (few outputs, e.g. a 1x1 image
+    with one output channel)."""
+    u = UNIT_ROUNDOFF[dtype]
     extra = 4 * UNIT_ROUNDOFF[mx.float32] * conditioning
     assert got.dtype == dtype
     assert got.shape == exact.shape
     assert np.isfinite(np.array(got.astype(mx.float32))).all()
     e32 = normalized_error(got, exact)
     esame = normalized_error(got, same)
-    assert e32 <= PARITY_TOL_F32_REF[dtype] + extra, f"vs f32 reference: {e32:.3g}"
-    assert esame <= PARITY_TOL_SAME_DTYPE[dtype] + extra, f"vs {dtype} reference: {esame:.3g}"
+    tol32 = max(PARITY_TOL_F32_REF[dtype], 2 * u * cancellation) + extra
+    tol_same = max(PARITY_TOL_SAME_DTYPE[dtype], 8 * u * cancellation) + extra
+    assert e32 <= tol32, f"vs f32 reference: {e32:.3g} (cancellation {cancellation:.3g})"
+    assert esame <= tol_same, f"vs {dtype} reference: {esame:.3g} (cancellation {cancellation:.3g})"
 
 
 @st.composite
@@ -106,8 +132,8 @@ def test_random_shapes_and_options(cpu_isa, dtype, case):
     opts["residual"] = case["tail"] == "residual"
     opts["shortcut_c"] = case["shortcut_c"] if case["tail"] == "shortcut" else 0
     data = make_case(case["seed"], case["n"], case["h"], case["w"], case["c"], case["o"], case["groups"], dtype, **opts)
-    got, same, exact = run_both(data, norm=case["norm"], silu=case["silu"], upsample=case["upsample"])
-    assert_parity(got, same, exact, dtype)
+    got, same, exact, cancellation = run_both(data, norm=case["norm"], silu=case["silu"], upsample=case["upsample"])
+    assert_parity(got, same, exact, dtype, cancellation)
 
 
 # Shapes that cross the CPU plan's tile boundaries: several column strips
@@ -131,8 +157,8 @@ EDGE_SHAPES = [
 def test_tile_edges(cpu_isa, dtype, shape):
     n, h, w, c, o, groups, upsample = shape
     data = make_case(7, n, h, w, c, o, groups, dtype, norm=True, bias=True, residual=True, upsample=upsample)
-    got, same, exact = run_both(data, norm=True, silu=True, upsample=upsample)
-    assert_parity(got, same, exact, dtype)
+    got, same, exact, cancellation = run_both(data, norm=True, silu=True, upsample=upsample)
+    assert_parity(got, same, exact, dtype, cancellation)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -141,16 +167,16 @@ def test_fused_shortcut(cpu_isa, dtype, shape):
     """A resnet's channel-changing 1x1 shortcut added in the epilogue, with bias."""
     n, h, w, c, o, groups, cs = shape
     data = make_case(9, n, h, w, c, o, groups, dtype, norm=True, bias=True, residual=False, upsample=1, shortcut_c=cs)
-    got, same, exact = run_both(data, norm=True, silu=True, upsample=1)
-    assert_parity(got, same, exact, dtype)
+    got, same, exact, cancellation = run_both(data, norm=True, silu=True, upsample=1)
+    assert_parity(got, same, exact, dtype, cancellation)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_large_mean_input(dtype):
     """GroupNorm over inputs far from zero: the stats must not lose the variance."""
     data = make_case(3, 2, 11, 12, 64, 32, 32, dtype, norm=True, bias=True, residual=False, upsample=1, mean=100.0)
-    got, same, exact = run_both(data, norm=True, silu=True, upsample=1)
-    assert_parity(got, same, exact, dtype, conditioning=100.0)
+    got, same, exact, cancellation = run_both(data, norm=True, silu=True, upsample=1)
+    assert_parity(got, same, exact, dtype, cancellation, conditioning=100.0)
 
 
 def test_plain_conv_matches_mx_conv2d_exactly_in_structure():

@@ -101,7 +101,8 @@ Conv3x3CpuPlan plan_conv3x3(const Conv3x3Params& p, DType dt, int threads) {
   plan.packed_weight_floats = floats(size_t(ceil_div(p.o, kPanel)) * 9 * p.c * kPanel);
   plan.packed_shortcut_floats = floats(size_t(ceil_div(p.o, kPanel)) * p.shortcut_c * kPanel);
   plan.norm_floats = p.groups ? size_t(p.n) * 3 * p.c : 0;
-  plan.halo_floats = halo_ring_floats(plan.strip_w + 2, p.c, elem_bytes) + size_t(plan.strip_w) * kPanel;
+  plan.halo_floats =
+      halo_ring_floats(plan.strip_w + 2, p.c, elem_bytes) + size_t(plan.strip_w) * plan.kernel.panels * kPanel;
   return plan;
 }
 

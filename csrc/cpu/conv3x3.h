@@ -38,6 +38,7 @@ using Conv3x3UnitFn = void (*)(const Conv3x3Job&, int n, int y0, int y1, int x0,
 struct Conv3x3Kernel {
   Conv3x3UnitFn unit;
   int rows;            // output pixels per GEMM step (strips are multiples of it)
+  int panels;          // 16-channel output panels per GEMM step
   bool channel_pairs;  // halo and packed weights in bf16 channel pairs (dot products)
 };
 
@@ -60,7 +61,7 @@ struct Conv3x3CpuPlan {
   size_t packed_weight_floats;    // ceil(O/16) * 9 * C * 16 elements (f32, or bf16 pairs: half)
   size_t packed_shortcut_floats;  // ceil(O/16) * Cs * 16 elements, likewise
   size_t norm_floats;             // N * 3 * C (mean, scale, shift per channel)
-  size_t halo_floats;             // per worker: halo ring + strip_w * 16 partial sums
+  size_t halo_floats;             // per worker: halo ring + strip_w * panels * 16 partial sums
   size_t scratch_floats() const {
     return packed_weight_floats + packed_shortcut_floats + norm_floats + size_t(threads) * halo_floats;
   }

@@ -18,11 +18,11 @@ void pack_panels(const T* w, int n, int taps, int k, float* packed, int threads)
   parallel_for(blocks * taps, threads, [&](int task, int) {
     const int nb = task / taps, tap = task % taps;
     float* dst = packed + (size_t(nb) * taps + tap) * k * kPanel;
-    for (int c = 0; c < k; ++c) {
-      for (int j = 0; j < kPanel; ++j) {
-        const int o = nb * kPanel + j;
-        dst[size_t(c) * kPanel + j] = o < n ? to_f32(w[(size_t(o) * taps + tap) * k + c]) : 0.0f;
-      }
+    // Source rows read contiguously; the strided writes stay in one L2-sized panel.
+    for (int j = 0; j < kPanel; ++j) {
+      const int o = nb * kPanel + j;
+      const T* src = o < n ? w + (size_t(o) * taps + tap) * k : nullptr;
+      for (int c = 0; c < k; ++c) dst[size_t(c) * kPanel + j] = src ? to_f32(src[c]) : 0.0f;
     }
   });
 }
@@ -33,11 +33,11 @@ void pack_panel_pairs(const T* w, int n, int taps, int k, bf16* packed, int thre
   parallel_for(blocks * taps, threads, [&](int task, int) {
     const int nb = task / taps, tap = task % taps;
     bf16* dst = packed + (size_t(nb) * taps + tap) * k * kPanel;
-    for (int c = 0; c < k; ++c) {
-      for (int j = 0; j < kPanel; ++j) {
-        const int o = nb * kPanel + j;
-        dst[(size_t(c / 2) * kPanel + j) * 2 + c % 2] =
-            o < n ? from_f32<bf16>(to_f32(w[(size_t(o) * taps + tap) * k + c])) : bf16{0};
+    for (int j = 0; j < kPanel; ++j) {
+      const int o = nb * kPanel + j;
+      const T* src = o < n ? w + (size_t(o) * taps + tap) * k : nullptr;
+      for (int c = 0; c < k; ++c) {
+        dst[(size_t(c / 2) * kPanel + j) * 2 + c % 2] = src ? from_f32<bf16>(to_f32(src[c])) : bf16{0};
       }
     }
   });

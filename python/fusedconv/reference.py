@@ -13,6 +13,19 @@ def reference_conv3x3(x, weight, bias=None, *, norm=None, silu=False, upsample=1
 
     norm = (gamma, beta, groups, eps) or None.
     """
+    h = reference_activation(x, norm=norm, silu=silu, upsample=upsample)
+    conv = nn.Conv2d(x.shape[-1], weight.shape[0], 3, padding=1, bias=bias is not None)
+    conv.weight = weight
+    if bias is not None:
+        conv.bias = bias
+    y = conv(h)
+    if residual is not None:
+        y = y + residual
+    return y
+
+
+def reference_activation(x, *, norm=None, silu=False, upsample=1):
+    """The conv's input as the composition materialises it: GroupNorm -> SiLU -> Upsample."""
     h = x
     if norm is not None:
         gamma, beta, groups, eps = norm
@@ -23,14 +36,7 @@ def reference_conv3x3(x, weight, bias=None, *, norm=None, silu=False, upsample=1
         h = nn.silu(h)
     if upsample == 2:
         h = nn.Upsample(scale_factor=2, mode="nearest")(h)
-    conv = nn.Conv2d(x.shape[-1], weight.shape[0], 3, padding=1, bias=bias is not None)
-    conv.weight = weight
-    if bias is not None:
-        conv.bias = bias
-    y = conv(h)
-    if residual is not None:
-        y = y + residual
-    return y
+    return h
 
 
 def normalized_error(got: mx.array, want: mx.array) -> float:
