@@ -16,6 +16,7 @@ from pathlib import Path
 import mlx.core as mx
 
 MiB = 2**20
+ENV_KEYS = ("FUSEDCONV_CPU_ISA", "FUSEDCONV_NUM_THREADS", "OMP_NUM_THREADS", "ONEDNN_MAX_CPU_ISA")
 
 
 def machine_info() -> dict:
@@ -37,6 +38,8 @@ def machine_info() -> dict:
         "device": str(mx.default_device()),
         "metal": bool(mx.metal.is_available()),
         "fusedconv_cpu_isa": ext.cpu_isa(),
+        # settings that change what ran: thread counts, forced ISAs, oneDNN's ISA cap
+        "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
@@ -50,8 +53,16 @@ def reset_peak() -> int:
 
 
 def max_rss_bytes() -> int:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024
+    """Peak resident set of this process. On Linux VmHWM of /proc/self/status: getrusage's
+    ru_maxrss survives execve, so a benchmark child would report at least the RSS its parent
+    had when it forked (the parent imports torch when it makes the weights)."""
+    try:
+        with open("/proc/self/status") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        return kib * 1024
+    except (OSError, StopIteration):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss if sys.platform == "darwin" else rss * 1024
 
 
 def time_runs(fn, repeats: int, warmup: int = 1) -> dict:

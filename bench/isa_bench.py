@@ -72,7 +72,7 @@ def main(argv=None) -> int:
             for isa in args.isa:
                 os.environ["FUSEDCONV_CPU_ISA"] = isa
                 fn = fused_fn(x, w, b, g, beta, r, up, option)
-                row["times"][f"fused {isa}"] = time_runs(lambda: mx.eval(fn()), args.repeats)
+                row["times"][f"fused {isa}"] = time_runs(lambda fn=fn: mx.eval(fn()), args.repeats)
             for tdt in args.torch_dtype:
                 row["times"][f"torch {tdt}"] = time_runs(torch_conv_fn(x, w, b, up, tdt), args.repeats)
             rows.append(row)

@@ -1,6 +1,7 @@
 """Markdown tables from benchmark JSON (the README's results section is made with this).
 
     python -m bench.report bench/reports/decoder_flux_bfloat16.json [bench/reports/ops_512_bfloat16.json]
+                           [bench/reports/xeon_emr_2t/isa_512_bfloat16_2t.json]
 """
 
 from __future__ import annotations
@@ -68,10 +69,34 @@ def ops_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def isa_table(data: dict) -> str:
+    a, m = data["args"], data["machine"]
+    methods = list(data["results"][0]["times"])
+    lines = [
+        (f"Each 3x3 conv of a {a['decode_size']}x{a['decode_size']} decode, fused in {a['dtype']} per CPU build vs "
+         f"torch conv2d (channels-last, conv alone), {a['threads']} threads, GFLOP/s of the median - {m['cpu']}, "
+         f"{m['platform']}; {m['date']}."),
+        "",
+        "| conv | input px | " + " | ".join(methods) + " |",
+        "|---|---:|" + "---:|" * len(methods),
+    ]
+    for row in data["results"]:
+        cells = [f"{row['gflop'] / row['times'][k]['median_s']:.1f}" for k in methods]
+        lines.append(f"| {row['name']} | {row['input_res']} | " + " | ".join(cells) + " |")
+    totals = data["total_median_s"]
+    lines.append("| **sum of medians** | | " + " | ".join(f"**{totals[k]:.2f} s**" for k in methods) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     for path in argv if argv is not None else sys.argv[1:]:
         data = json.loads(Path(path).read_text())
-        print(ops_table(data) if "decode_size" in data["args"] else decoder_table(data))
+        if "total_median_s" in data:
+            print(isa_table(data))
+        elif "decode_size" in data["args"]:
+            print(ops_table(data))
+        else:
+            print(decoder_table(data))
         print()
     return 0
 

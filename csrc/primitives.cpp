@@ -141,7 +141,7 @@ void Linear::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
   const mx::array& w = inputs[1];
   out.set_data(mx::allocator::malloc(out.nbytes()));
   const int m = x.shape(0), k = x.shape(1), n = w.shape(0);
-  const auto plan = cpu::plan_linear(m, k, n, cpu::default_threads());
+  const auto plan = cpu::plan_linear(m, k, n, cpu_dtype(out), cpu::default_threads());
   mx::array scratch = scratch_array(plan.scratch_floats());
   auto& enc = mx::cpu::get_command_encoder(stream());
   for (const auto& a : inputs) enc.set_input_array(a);
@@ -174,7 +174,7 @@ void Attention::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
   out.set_data(mx::allocator::malloc(out.nbytes()));
   const cpu::AttentionJob job{q.shape(0), q.shape(1), k.shape(1), q.shape(2), scale_,
                               q.data<void>(), k.data<void>(), inputs[2].data<void>(), out.data<void>()};
-  const auto plan = cpu::plan_attention(job.batch, job.tq, job.c, cpu::default_threads());
+  const auto plan = cpu::plan_attention(job.batch, job.tq, job.c, cpu_dtype(out), cpu::default_threads());
   mx::array scratch = scratch_array(plan.worker_floats * plan.threads);
   auto& enc = mx::cpu::get_command_encoder(stream());
   for (const auto& a : inputs) enc.set_input_array(a);

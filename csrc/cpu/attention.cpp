@@ -8,8 +8,9 @@
 
 namespace fusedconv::cpu {
 
-AttentionCpuPlan plan_attention(int batch, int tq, int c, int threads) {
+AttentionCpuPlan plan_attention(int batch, int tq, int c, DType dt, int threads) {
   AttentionCpuPlan plan{};
+  plan.block = active_kernels().attention_block(dt);
   plan.query_blocks = ceil_div(tq, kAttnQueryBlock);
   plan.threads = std::max(1, std::min(threads, batch * plan.query_blocks));
   const size_t cpad = size_t(ceil_div(c, kPanel)) * kPanel;
@@ -23,11 +24,10 @@ AttentionCpuPlan plan_attention(int batch, int tq, int c, int threads) {
 }
 
 void attention(const AttentionJob& job, DType dt, const AttentionCpuPlan& plan, float* scratch) {
-  const AttentionBlockFn block = active_kernels().attention_block(dt);
   parallel_for(job.batch * plan.query_blocks, plan.threads, [&](int task, int worker) {
     const int b = task / plan.query_blocks;
     const int q0 = (task % plan.query_blocks) * kAttnQueryBlock;
-    block(job, b, q0, std::min(job.tq, q0 + kAttnQueryBlock), scratch + size_t(worker) * plan.worker_floats);
+    plan.block(job, b, q0, std::min(job.tq, q0 + kAttnQueryBlock), scratch + size_t(worker) * plan.worker_floats);
   });
 }
 

@@ -13,13 +13,18 @@ namespace fusedconv::cpu {
 constexpr int kAttnQueryBlock = 48;
 constexpr int kAttnKeyBlock = 64;
 
+struct AttentionJob;
+using AttentionBlockFn = void (*)(const AttentionJob&, int b, int q0, int q1, float* work);
+
 struct AttentionCpuPlan {
+  AttentionBlockFn block;  // the active ISA build's kernel
   int threads;
   int query_blocks;      // per batch item
   size_t worker_floats;  // Q block, packed K and V blocks, scores, O accumulators, m, l
 };
 
-AttentionCpuPlan plan_attention(int batch, int tq, int c, int threads);
+// Picks the kernel of the active instruction set (isa.h) and the query blocking.
+AttentionCpuPlan plan_attention(int batch, int tq, int c, DType dt, int threads);
 
 struct AttentionJob {
   int batch, tq, tk, c;
@@ -32,6 +37,5 @@ struct AttentionJob {
 
 void attention(const AttentionJob& job, DType dt, const AttentionCpuPlan& plan, float* scratch);
 
-using AttentionBlockFn = void (*)(const AttentionJob&, int b, int q0, int q1, float* work);
 
 }  // namespace fusedconv::cpu

@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 
 namespace fusedconv::cpu {
 
@@ -43,11 +44,16 @@ constexpr bool kDefaultCandidate[] = {true, true, true, false};
 
 Isa active_isa() {
   const char* forced = std::getenv("FUSEDCONV_CPU_ISA");
+  if (forced && !*forced) forced = nullptr;
   Isa best = Isa::generic;
   for (Isa isa : kAll) {
     if (!cpu_supports(isa)) continue;
     if (forced && std::strcmp(forced, isa_name(isa)) == 0) return isa;
     if (kDefaultCandidate[int(isa)]) best = isa;
+  }
+  if (forced) {
+    throw std::invalid_argument(std::string("FUSEDCONV_CPU_ISA=") + forced +
+                                " names no CPU kernel build this machine runs (" + available_isas() + ")");
   }
   return best;
 }

@@ -25,7 +25,8 @@ struct IsaKernels {
 // and "avx512bf16" (the avx512 build, with bf16 convolutions on AVX512-BF16 dot
 // products). active_isa() is the last one this CPU runs, avx512bf16 excepted:
 // that one runs only when FUSEDCONV_CPU_ISA names it (see isa.cpp).
-// FUSEDCONV_CPU_ISA=<name> forces a build the CPU supports (tests cover each).
+// FUSEDCONV_CPU_ISA=<name> forces a build the CPU supports (tests cover each);
+// any other name throws std::invalid_argument (a ValueError in Python).
 Isa active_isa();
 const char* isa_name(Isa isa);
 std::string available_isas();  // comma-separated, slowest first

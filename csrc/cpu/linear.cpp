@@ -8,8 +8,9 @@
 
 namespace fusedconv::cpu {
 
-LinearCpuPlan plan_linear(int m, int k, int n, int threads) {
+LinearCpuPlan plan_linear(int m, int k, int n, DType dt, int threads) {
   LinearCpuPlan plan{};
+  plan.rows = active_kernels().linear_rows(dt);
   plan.row_blocks = ceil_div(m, kLinearRowBlock);
   plan.threads = std::max(1, std::min(threads, plan.row_blocks));
   plan.packed_floats = size_t(ceil_div(n, kPanel)) * k * kPanel;
@@ -25,11 +26,10 @@ void linear(const LinearJob& job_in, DType dt, const void* w, const LinearCpuPla
     case DType::f16: pack_panels(static_cast<const f16*>(w), job.n, 1, job.k, scratch, plan.threads); break;
     case DType::bf16: pack_panels(static_cast<const bf16*>(w), job.n, 1, job.k, scratch, plan.threads); break;
   }
-  const LinearRowsFn rows = active_kernels().linear_rows(dt);
   float* work = scratch + plan.packed_floats;
   parallel_for(plan.row_blocks, plan.threads, [&](int blk, int worker) {
     const int r0 = blk * kLinearRowBlock;
-    rows(job, r0, std::min(job.m, r0 + kLinearRowBlock), work + size_t(worker) * plan.worker_floats);
+    plan.rows(job, r0, std::min(job.m, r0 + kLinearRowBlock), work + size_t(worker) * plan.worker_floats);
   });
 }
 

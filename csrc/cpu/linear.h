@@ -12,7 +12,11 @@ namespace fusedconv::cpu {
 
 constexpr int kLinearRowBlock = 48;
 
+struct LinearJob;
+using LinearRowsFn = void (*)(const LinearJob&, int r0, int r1, float* work);
+
 struct LinearCpuPlan {
+  LinearRowsFn rows;         // the active ISA build's kernel
   int threads;
   int row_blocks;
   size_t packed_floats;      // ceil(N/16) * K * 16
@@ -20,7 +24,8 @@ struct LinearCpuPlan {
   size_t scratch_floats() const { return packed_floats + size_t(threads) * worker_floats; }
 };
 
-LinearCpuPlan plan_linear(int m, int k, int n, int threads);
+// Picks the kernel of the active instruction set (isa.h) and the row blocking.
+LinearCpuPlan plan_linear(int m, int k, int n, DType dt, int threads);
 
 struct LinearJob {
   int m, k, n;
@@ -32,6 +37,5 @@ struct LinearJob {
 
 void linear(const LinearJob& job, DType dt, const void* w, const LinearCpuPlan& plan, float* scratch);
 
-using LinearRowsFn = void (*)(const LinearJob&, int r0, int r1, float* work);
 
 }  // namespace fusedconv::cpu
