@@ -1,7 +1,7 @@
 // CPU backend of the fused conv3x3: a direct convolution over tiles of the
 // activated (normalised, SiLU'd, upsampled, zero-padded) input, built per
-// worker in a bounded ring of three rows, multiplied by f32-packed weights in
-// a register-blocked micro-kernel.
+// worker in a bounded ring of three rows, multiplied by packed weights (f32, or
+// bf16 channel pairs for the dot-product build) in a register-blocked GEMM step.
 #pragma once
 
 #include <cstddef>
