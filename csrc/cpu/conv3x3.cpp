@@ -40,7 +40,7 @@ void fill_norm(const Conv3x3Params& p, const Conv3x3Buffers& b, float* norm) {
 template <class T>
 void pack(const T* w, int o, int taps, int c, bool pairs, float* dst, int threads) {
   if (pairs) {
-    pack_panel_pairs(w, o, taps, c, reinterpret_cast<bf16*>(dst), threads);
+    pack_panels(w, o, taps, c, reinterpret_cast<bf16*>(dst), threads);
   } else {
     pack_panels(w, o, taps, c, dst, threads);
   }
@@ -56,7 +56,7 @@ void run(const Conv3x3Params& p, const Conv3x3Buffers& b, const Conv3x3CpuPlan& 
   pack(static_cast<const T*>(b.weight), p.o, 9, p.c, pairs, packed, plan.threads);
   if (packed_sc) pack(static_cast<const T*>(b.shortcut_w), p.o, 1, p.shortcut_c, pairs, packed_sc, plan.threads);
   if (norm) fill_norm<T>(p, b, norm);
-  const Conv3x3Job job{&p, b, packed, packed_sc, norm, plan.k_chunk};
+  const Conv3x3Job job{&p, b, packed, packed_sc, norm};
   const Conv3x3UnitFn unit = plan.kernel.unit;
   parallel_for(plan.units, plan.threads, [&](int u, int worker) {
     const int strip = u % plan.strips;
@@ -83,7 +83,6 @@ Conv3x3CpuPlan plan_conv3x3(const Conv3x3Params& p, DType dt, int threads) {
   const bool even_channels = p.c % 2 == 0 && p.shortcut_c % 2 == 0;
   plan.kernel = active_kernels().conv3x3(dt, even_channels);
   const int rows = plan.kernel.rows;
-  plan.k_chunk = kConvKChunk;
   const size_t elem_bytes = plan.kernel.channel_pairs ? sizeof(bf16) : sizeof(float);
   int strip = int(kHaloBudgetBytes / (3 * size_t(p.c) * elem_bytes)) - 2;
   strip = std::clamp(strip / rows * rows, rows, kMaxStrip);

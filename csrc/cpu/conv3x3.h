@@ -57,7 +57,6 @@ struct Conv3x3CpuPlan {
   int strip_w;   // output columns per work unit
   int band_h;    // output rows per work unit
   int strips, bands, units;
-  int k_chunk;
   size_t packed_weight_floats;    // ceil(O/16) * 9 * C * 16 elements (f32, or bf16 pairs: half)
   size_t packed_shortcut_floats;  // ceil(O/16) * Cs * 16 elements, likewise
   size_t norm_floats;             // N * 3 * C (mean, scale, shift per channel)
@@ -82,7 +81,6 @@ struct Conv3x3Job {
   const void* packed_w;   // [ceil(O/16)][9][C][16] f32, or [ceil(O/16)][9][C/2][16][2] bf16
   const void* packed_sc;  // [ceil(O/16)][Cs][16], likewise; or null
   const float* norm;      // [N][3][C] or null
-  int k_chunk;            // input channels per pass (even)
 };
 
 }  // namespace fusedconv::cpu

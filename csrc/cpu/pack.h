@@ -3,6 +3,8 @@
 // the bf16 dot-product kernels, [ceil(N/16)][taps][K/2][16][2] bf16 (K even).
 #pragma once
 
+#include <type_traits>
+
 #include "cpu/dtype.h"
 #include "cpu/parallel.h"
 
@@ -12,33 +14,29 @@ constexpr int kPanel = 16;
 
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
-template <class T>
-void pack_panels(const T* w, int n, int taps, int k, float* packed, int threads) {
+// Index of element (channel c, column j) in one tap's panel of P elements.
+template <class P>
+constexpr size_t panel_index(int c, int j) {
+  if constexpr (std::is_same_v<P, bf16>) {
+    return (size_t(c / 2) * kPanel + j) * 2 + c % 2;  // channel pairs side by side
+  } else {
+    return size_t(c) * kPanel + j;
+  }
+}
+
+// P = float: [ceil(N/16)][taps][K][16] f32; P = bf16: [ceil(N/16)][taps][K/2][16][2]
+// (K even), the channel-pair layout of the dot-product kernels.
+template <class T, class P>
+void pack_panels(const T* w, int n, int taps, int k, P* packed, int threads) {
   const int blocks = ceil_div(n, kPanel);
   parallel_for(blocks * taps, threads, [&](int task, int) {
     const int nb = task / taps, tap = task % taps;
-    float* dst = packed + (size_t(nb) * taps + tap) * k * kPanel;
+    P* dst = packed + (size_t(nb) * taps + tap) * k * kPanel;
     // Source rows read contiguously; the strided writes stay in one L2-sized panel.
     for (int j = 0; j < kPanel; ++j) {
       const int o = nb * kPanel + j;
       const T* src = o < n ? w + (size_t(o) * taps + tap) * k : nullptr;
-      for (int c = 0; c < k; ++c) dst[size_t(c) * kPanel + j] = src ? to_f32(src[c]) : 0.0f;
-    }
-  });
-}
-
-template <class T>
-void pack_panel_pairs(const T* w, int n, int taps, int k, bf16* packed, int threads) {
-  const int blocks = ceil_div(n, kPanel);
-  parallel_for(blocks * taps, threads, [&](int task, int) {
-    const int nb = task / taps, tap = task % taps;
-    bf16* dst = packed + (size_t(nb) * taps + tap) * k * kPanel;
-    for (int j = 0; j < kPanel; ++j) {
-      const int o = nb * kPanel + j;
-      const T* src = o < n ? w + (size_t(o) * taps + tap) * k : nullptr;
-      for (int c = 0; c < k; ++c) {
-        dst[(size_t(c / 2) * kPanel + j) * 2 + c % 2] = src ? from_f32<bf16>(to_f32(src[c])) : bf16{0};
-      }
+      for (int c = 0; c < k; ++c) dst[panel_index<P>(c, j)] = src ? from_f32<P>(to_f32(src[c])) : P{};
     }
   });
 }
