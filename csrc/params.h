@@ -5,6 +5,14 @@
 
 namespace fusedconv {
 
+// A count that can pass 2^31 (pixels of one image: 46341^2 > 2^31). 64-bit in both
+// Metal (`long`) and host C++ (`long long`), so the structs have one layout.
+#if defined(__METAL_VERSION__)
+typedef long fc_int64;
+#else
+typedef long long fc_int64;
+#endif
+
 // One 3x3, stride-1, padding-1 convolution of an NHWC input, with optional
 // GroupNorm(+SiLU) and nearest-2x upsample applied on load and bias/residual
 // applied on store.
@@ -24,10 +32,17 @@ struct Conv3x3Params {
 
 struct GroupNormStatsParams {
   int n;
-  int hw;  // pixels per image
   int c;
   int groups;
   float eps;
+  fc_int64 hw;  // pixels per image
+};
+
+// How a GPU splits one (image, group) of the statistics into slices of pixels, each
+// reduced by its own threadgroup, then merged in slice order (deterministic).
+struct GroupNormSlices {
+  int count;
+  fc_int64 pixels;  // per slice (the last one may hold fewer)
 };
 
 }  // namespace fusedconv

@@ -2,9 +2,10 @@
 1. type-checked by clang with device / constant / threadgroup as distinct address spaces;
 2. executed by the CPU emulator (tests/metal_emu: a fiber per Metal thread, counted
    barriers, 32-lane collectives, Apple's simdgroup_matrix lane layout, NaN-poisoned
-   threadgroup memory, ASan/UBSan), launched through the Metal host's dispatch plans,
-   and compared with the CPU backend on shapes covering every kernel variant;
-3. shown to catch seeded faults.
+   threadgroup memory, ASan/UBSan, every launch under four schedules compared bit-wise),
+   launched through the Metal host's dispatch plans, and compared with the CPU backend on
+   shapes covering every kernel variant;
+3. shown to catch seeded faults, among them the deletion of each threadgroup barrier.
 What this cannot tell - Apple's compiler diagnostics and real GPU speed - the README says."""
 
 from pathlib import Path
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 
 import fusedconv
-from metal_emu.harness import METAL_DIR, RunnerError, compile_runner, run_conv3x3, run_stats, typecheck
+from metal_emu.harness import (METAL_DIALECTS, METAL_DIR, RunnerError, compile_runner, run_conv3x3, run_stats,
+                               typecheck)
 from reference import UNIT_ROUNDOFF, normalized_error
 
 DTYPES = [mx.float32, mx.float16, mx.bfloat16]
@@ -30,9 +32,10 @@ def runner(tmp_path_factory):
     return compile_runner(tmp_path_factory.mktemp("emu") / "runner")
 
 
+@pytest.mark.parametrize("std", METAL_DIALECTS)
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
-def test_typecheck(source):
-    res = typecheck(source)
+def test_typecheck(source, std):
+    res = typecheck(source, std)
     assert res.returncode == 0, res.stderr
 
 
@@ -94,9 +97,10 @@ def test_conv3x3_option_subsets(runner, tmp_path, options):
     assert normalized_error(run_conv3x3(runner, tmp_path / "job", x, weight, **kw), cpu_conv(x, weight, kw)) <= 1e-5
 
 
+# (1, 70, 70, 8): 4900 pixels, two slices of the partial kernel merged.
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape, groups, mean", [((1, 7, 9, 32), 8, 0.0), ((2, 3, 50, 12), 3, 100.0),
-                                                 ((1, 1, 1, 4), 4, 0.0)], ids=str)
+                                                 ((1, 1, 1, 4), 4, 0.0), ((1, 70, 70, 8), 2, 10.0)], ids=str)
 def test_group_norm_stats_matches_cpu_backend(runner, tmp_path, dtype, shape, groups, mean):
     rng = np.random.default_rng(3)
     x = rand(rng, shape, dtype, 2.0, mean)
@@ -117,12 +121,52 @@ def mutated_runner(tmp_path, source_name, old, new, count=1):
 
 
 CONV_FAULTS = {
-    "halo-off-by-one": ("x0 + col - 1, c0 + ci", "x0 + col, c0 + ci"),
-    "missing-barrier": ("    threadgroup_barrier(mem_flags::mem_threadgroup);\n    for (int tap",
-                        "    for (int tap"),
-    "wrong-lane-mapping": ("const int row = (qid & 4) + (int(lane) / 2) % 4;", "const int row = int(lane) / 4;"),
+    "halo-off-by-one": ("xx = x0 + i / BK % HALO_W - 1", "xx = x0 + i / BK % HALO_W"),
+    "wrong-lane-mapping": ("return (qid & 4) + (int(lane) / 2) % 4;", "return (qid & 4) + int(lane) % 4;"),
     "missing-bounds-check": ("if (xx >= p.wo) continue;", ""),
 }
+BARRIER = "threadgroup_barrier(mem_flags::mem_threadgroup);"
+
+
+def barrier_deletions():
+    for source in SOURCES:
+        for k in range(source.read_text().count(BARRIER)):
+            yield source.name, k
+
+
+def without_barrier(tmp_path, source_name, k):
+    text = (METAL_DIR / source_name).read_text()
+    at = -1
+    for _ in range(k + 1):
+        at = text.index(BARRIER, at + 1)
+    path = tmp_path / source_name
+    path.write_text(text[:at] + text[at + len(BARRIER):])
+    key = "conv_source" if source_name.startswith("conv") else "stats_source"
+    return compile_runner(tmp_path / "runner", **{key: path})
+
+
+def test_every_barrier_is_found():
+    assert sum(1 for _ in barrier_deletions()) == 6  # conv: 2 per channel-chunk loop; stats: 2
+
+
+@pytest.mark.parametrize("source_name, k", list(barrier_deletions()), ids=lambda v: str(v))
+def test_deleting_any_barrier_is_caught(tmp_path, source_name, k):
+    """Each barrier is necessary: without it some schedule reads threadgroup memory before
+    it is written or after it is overwritten, so the schedules disagree (RACE) or all of
+    them are wrong. The conv case has 3 channel chunks and 2 shortcut chunks."""
+    bad = without_barrier(tmp_path, source_name, k)
+    try:
+        if source_name.startswith("conv"):
+            x, weight, kw = conv_case(4, mx.float32, 1, 3, 37, 40, 40, 4, 1, tail="shortcut", shortcut_c=24)
+            got, want, tol = run_conv3x3(bad, tmp_path / "job", x, weight, **kw), cpu_conv(x, weight, kw), 1e-5
+        else:
+            x = rand(np.random.default_rng(2), (1, 70, 70, 8), mx.float32, 2.0, 1.0)
+            got, want, tol = run_stats(bad, tmp_path / "job", x, 2, 1e-6), fusedconv.group_norm_stats(x, 2, 1e-6), 1e-5
+    except RunnerError as e:
+        assert e.returncode in (3, 4), e
+        return
+    err = normalized_error(got, want)
+    assert not (err <= tol), f"barrier {k} of {source_name} deleted went unnoticed (error {err})"
 
 
 @pytest.mark.parametrize("fault", list(CONV_FAULTS))
@@ -150,8 +194,8 @@ def test_seeded_divergent_barrier_is_caught(tmp_path):
 
 def test_typecheck_catches_address_space_mixup(tmp_path):
     bad = tmp_path / "conv3x3.metal"
-    bad.write_text((METAL_DIR / "conv3x3.metal").read_text().replace("threadgroup float* halo = tgm;",
-                                                                     "device float* halo = tgm;"))
+    bad.write_text((METAL_DIR / "conv3x3.metal").read_text().replace("threadgroup T* halo = tgm;",
+                                                                     "device T* halo = tgm;"))
     res = typecheck(bad)
     assert res.returncode != 0 and "address_space" in res.stderr
 
@@ -168,6 +212,16 @@ def test_emulator_is_deterministic(runner, tmp_path):
     a = run_conv3x3(runner, tmp_path / "a", x, weight, **kw)
     b = run_conv3x3(runner, tmp_path / "b", x, weight, **kw)
     assert mx.array_equal(a, b).item()
+
+
+def test_schedule_race_is_reported(tmp_path):
+    """A race that every schedule but one gets right is still caught: the runner compares
+    the schedules bit-wise."""
+    bad = without_barrier(tmp_path, "group_norm_stats.metal", 1)
+    x = rand(np.random.default_rng(1), (1, 5, 5, 4), mx.float32)
+    with pytest.raises(RunnerError) as e:
+        run_stats(bad, tmp_path / "job", x, 2, 1e-6)
+    assert e.value.returncode == 4 and "RACE" in e.value.stderr
 
 
 def test_sources_are_found():

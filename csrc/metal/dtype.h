@@ -1,32 +1,39 @@
-// Storage types of the Metal kernels and their conversions to and from float.
-// bfloat16 is handled as raw bits so the kernels need no Metal 3.1 `bfloat`.
+// Storage types of the Metal kernels, as traits: each kernel is templated on one of
+// fc_float32 / fc_float16 / fc_bfloat16 and reads `typename D::storage` buffers.
+// bfloat16 is stored as its raw bits in a plain `ushort` (any Metal version accepts
+// ushort device buffers; Metal's own `bfloat` needs Metal 3.1), widened to float by
+// a shift, as MLX's bf16.h does without `bfloat`.
 #pragma once
 
 #include <metal_stdlib>
 
 using namespace metal;
 
-// The raw bits of a bfloat16 (a scalar type, so it copies out of any address space).
-enum class fc_bf16 : ushort {};
+struct fc_float32 {
+  typedef float storage;
+  static float load(float v) { return v; }
+  static float store(float v) { return v; }
+};
 
-inline float to_float(float v) { return v; }
-inline float to_float(half v) { return float(v); }
-inline float to_float(fc_bf16 v) { return as_type<float>(uint(v) << 16); }
+struct fc_float16 {
+  typedef half storage;
+  static float load(half v) { return float(v); }
+  static half store(float v) { return half(v); }
+};
 
-template <typename T>
-inline T from_float(float v);
-template <>
-inline float from_float<float>(float v) { return v; }
-template <>
-inline half from_float<half>(float v) { return half(v); }
-template <>
-inline fc_bf16 from_float<fc_bf16>(float v) {
-  uint u = as_type<uint>(v);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return fc_bf16((u >> 16) | 0x40u);  // quiet NaN
-  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
-  return fc_bf16(u >> 16);
+struct fc_bfloat16 {
+  typedef ushort storage;
+  static float load(ushort bits) { return as_type<float>(uint(bits) << 16); }
+  static ushort store(float v) {
+    uint u = as_type<uint>(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return ushort((u >> 16) | 0x40u);  // quiet NaN
+    u += 0x7fffu + ((u >> 16) & 1u);                                         // round to nearest even
+    return ushort(u >> 16);
+  }
+};
+
+// v rounded to D's precision: what the reference materialises between ops.
+template <typename D>
+inline float round_to(float v) {
+  return D::load(D::store(v));
 }
-
-// v rounded to T's precision: what the reference materialises between ops.
-template <typename T>
-inline float round_to(float v) { return to_float(from_float<T>(v)); }

@@ -27,3 +27,12 @@
 #define FC_INSTANTIATE(name, ...) \
   template [[host_name(name)]] [[kernel]] decltype(__VA_ARGS__) __VA_ARGS__;
 #endif
+
+// A plain (non-template) [[kernel]] function, found by its own name; the emulator
+// registers it under that name.
+#if defined(FC_METAL_EMULATOR)
+#define FC_REGISTER(name, fn) \
+  static const bool FC_CAT(fc_registered_, __COUNTER__) = ::fc_emu::register_kernel(name, reinterpret_cast<void*>(&fn));
+#else
+#define FC_REGISTER(name, fn)
+#endif

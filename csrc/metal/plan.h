@@ -40,11 +40,14 @@ enum Conv3x3Buffer : int {
   kConvBufferCount = 12,
 };
 
+// Both statistics kernels: partial reads x and writes the slices' moments, merge
+// reads those and writes the [N, G, 2] output.
 enum GroupNormStatsBuffer : int {
-  kStatsX = 0,
+  kStatsIn = 0,
   kStatsOut = 1,
   kStatsParams = 2,
-  kStatsBufferCount = 3,
+  kStatsSlices = 3,
+  kStatsBufferCount = 4,
 };
 
 // ---- conv3x3 tile configurations (sizes in metal/tiles.h) ------------------------
@@ -71,9 +74,11 @@ inline const char* dtype_name(KernelDType dt) {
   return "";
 }
 
-// Threadgroup memory of a tile: halo [3][TM+2][BK] + weights [9][BK][TN] floats,
-// reused by the shortcut pass as A [TM][BK] + B [BK][TN].
-inline size_t conv_threadgroup_floats(const ConvTile& t) {
+inline size_t dtype_size(KernelDType dt) { return dt == KernelDType::float32 ? 4 : 2; }
+
+// Threadgroup memory of a tile, in the input dtype: halo [3][TM+2][BK] + weights
+// [TN][9][BK], reused by the shortcut pass as A [TM][BK] + B [TN][BK].
+inline size_t conv_threadgroup_elements(const ConvTile& t) {
   return size_t(3) * (t.tm() + 2) * kConvBK + size_t(9) * kConvBK * t.tn();
 }
 
@@ -85,18 +90,36 @@ inline KernelPlan plan_conv3x3(const Conv3x3Params& p, KernelDType dtype) {
   k.threadgroups = {unsigned((p.wo + t.tm() - 1) / t.tm()), unsigned(p.ho),
                     unsigned(p.n * ((p.o + t.tn() - 1) / t.tn()))};
   k.threads = {unsigned(t.threads()), 1, 1};
-  k.threadgroup_bytes = conv_threadgroup_floats(t) * sizeof(float);
+  k.threadgroup_bytes = conv_threadgroup_elements(t) * dtype_size(dtype);
   return k;
 }
 
-// One threadgroup per (image, group); two passes (mean, then squared deviations).
-inline KernelPlan plan_group_norm_stats(const GroupNormStatsParams& p, KernelDType dtype) {
-  KernelPlan k;
-  k.name = std::string("fc_group_norm_stats_") + dtype_name(dtype);
-  k.threadgroups = {unsigned(p.groups), unsigned(p.n), 1};
-  k.threads = {kStatsThreads, 1, 1};
-  k.threadgroup_bytes = kStatsThreadgroupFloats * sizeof(float);
-  return k;
+// Slices of at least kStatsSlicePixels pixels (enough work to hide a threadgroup's
+// start-up), at most kStatsMaxSlices per (image, group); none empty.
+inline GroupNormSlices group_norm_slices(const GroupNormStatsParams& p) {
+  const fc_int64 wanted = (p.hw + kStatsSlicePixels - 1) / kStatsSlicePixels;
+  const fc_int64 count = wanted < 1 ? 1 : (wanted > kStatsMaxSlices ? kStatsMaxSlices : wanted);
+  const fc_int64 pixels = (p.hw + count - 1) / count;
+  return GroupNormSlices{int(pixels ? (p.hw + pixels - 1) / pixels : 1), pixels};
+}
+
+// Float scratch between the two statistics kernels: (count, mean, M2) per slice.
+inline size_t group_norm_partials_floats(const GroupNormStatsParams& p, const GroupNormSlices& s) {
+  return size_t(p.n) * p.groups * s.count * 3;
+}
+
+inline KernelPlan plan_group_norm_partial(const GroupNormStatsParams& p, const GroupNormSlices& s,
+                                          KernelDType dtype) {
+  return KernelPlan{std::string("fc_group_norm_partial_") + dtype_name(dtype),
+                    {unsigned(s.count), unsigned(p.groups), unsigned(p.n)},
+                    {unsigned(kStatsThreads), 1, 1},
+                    kStatsThreadgroupFloats * sizeof(float)};
+}
+
+inline KernelPlan plan_group_norm_merge(const GroupNormStatsParams& p) {
+  const unsigned rows = unsigned(p.n * p.groups);
+  return KernelPlan{"fc_group_norm_merge", {(rows + kStatsMergeThreads - 1) / kStatsMergeThreads, 1, 1},
+                    {unsigned(kStatsMergeThreads), 1, 1}, 0};
 }
 
 }  // namespace fusedconv::metal_plan

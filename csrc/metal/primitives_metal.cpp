@@ -64,13 +64,28 @@ void dispatch(mx::metal::CommandEncoder& enc, const mp::KernelPlan& plan) {
 void GroupNormStats::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
   const mx::array& x = inputs[0];
   out.set_data(mx::allocator::malloc(out.nbytes()));
-  const GroupNormStatsParams p{x.shape(0), x.shape(1) * x.shape(2), x.shape(3), groups_, eps_};
-  const mp::KernelPlan plan = mp::plan_group_norm_stats(p, kernel_dtype(x));
-  auto& enc = begin(stream(), plan);
-  enc.set_input_array(x, mp::kStatsX);
+  const GroupNormStatsParams p{x.shape(0), x.shape(3), groups_, eps_, fc_int64(x.shape(1)) * x.shape(2)};
+  const GroupNormSlices slices = mp::group_norm_slices(p);
+  // The slices' moments: at most kStatsMaxSlices x 3 floats per (image, group).
+  mx::array partials({int(mp::group_norm_partials_floats(p, slices))}, mx::float32, nullptr, {});
+  partials.set_data(mx::allocator::malloc(partials.nbytes()));
+
+  const mp::KernelPlan partial = mp::plan_group_norm_partial(p, slices, kernel_dtype(x));
+  auto& enc = begin(stream(), partial);
+  enc.set_input_array(x, mp::kStatsIn);
+  enc.set_output_array(partials, mp::kStatsOut);
+  enc.set_bytes(p, mp::kStatsParams);
+  enc.set_bytes(slices, mp::kStatsSlices);
+  dispatch(enc, partial);
+
+  const mp::KernelPlan merge = mp::plan_group_norm_merge(p);
+  begin(stream(), merge);
+  enc.set_input_array(partials, mp::kStatsIn);
   enc.set_output_array(out, mp::kStatsOut);
   enc.set_bytes(p, mp::kStatsParams);
-  dispatch(enc, plan);
+  enc.set_bytes(slices, mp::kStatsSlices);
+  dispatch(enc, merge);
+  enc.add_temporary(std::move(partials));
 }
 
 void FusedConv3x3::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {

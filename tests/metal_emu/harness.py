@@ -39,11 +39,22 @@ def compile_runner(out: Path, conv_source: Path = None, stats_source: Path = Non
     return out
 
 
-def typecheck(source: Path) -> subprocess.CompletedProcess:
-    """clang -fsyntax-only with device/constant/threadgroup as distinct address spaces."""
-    cmd = [clang(), "-x", "c++", "-std=c++20", "-fsyntax-only", "-DFC_METAL_TYPECHECK", "-Wall", "-Werror",
-           "-Wno-unknown-attributes", f"-I{INCLUDE}", f"-I{ROOT / 'csrc'}", str(source)]
-    return subprocess.run(cmd, capture_output=True, text=True)
+# The C++ dialects the Metal Shading Language is based on: MSL 3.x is C++14, MSL 4
+# C++17; C++20 is what the rest of the project uses.
+METAL_DIALECTS = ("c++14", "c++17", "c++20")
+
+
+def typecheck_command(source: Path, std: str = "c++14", *extra: str, csrc: Path = ROOT / "csrc") -> list:
+    """clang -fsyntax-only as Apple's compiler sees the source on the points clang can model:
+    __METAL_VERSION__ defined, no C++ standard library (-nostdinc), device/constant/threadgroup
+    as distinct address spaces. `csrc`: the include root of the project's headers."""
+    return [clang(), "-x", "c++", f"-std={std}", "-fsyntax-only", "-nostdinc", "-D__METAL_VERSION__=310",
+            "-DFC_METAL_TYPECHECK", "-Wall", "-Werror", "-Wno-unknown-attributes", f"-I{INCLUDE}",
+            f"-I{csrc}", *extra, str(source)]
+
+
+def typecheck(source: Path, std: str = "c++14") -> subprocess.CompletedProcess:
+    return subprocess.run(typecheck_command(source, std), capture_output=True, text=True)
 
 
 def _raw(a: mx.array) -> bytes:

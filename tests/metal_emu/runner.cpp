@@ -3,8 +3,10 @@
 //   runner conv3x3|stats DIR
 // DIR/params.txt holds the Conv3x3Params / GroupNormStatsParams fields and the dtype
 // (0 float32, 1 float16, 2 bfloat16); DIR/b<i>.bin the buffer bound at index i (absent:
-// a 1-byte buffer, so any read of it is out of bounds). Writes DIR/out.bin.
-// Exit 3: the emulator rejected the launch (divergent barrier, deadlock, ...).
+// a 1-byte buffer, so any read of it is out of bounds). Every launch runs under each
+// fc_emu::Schedule; writes DIR/out.bin (the first schedule's result).
+// Exit 3: the emulator rejected a launch (divergent barrier, deadlock, ...);
+// exit 4: the schedules disagree bit-wise (a race).
 #define FC_METAL_EMULATOR 1
 #include <metal_stdlib>
 
@@ -28,22 +30,23 @@ namespace mp = fusedconv::metal_plan;
 
 namespace {
 
+// An exact-size heap buffer (ASan checks its bounds), poisoned with all-ones bytes.
 struct Buffer {
-  void* data = nullptr;
-  size_t bytes = 0;
-  ~Buffer() { std::free(data); }
+  std::vector<char> bytes;
+  explicit Buffer(size_t n = 1) : bytes(n ? n : 1, char(0xff)) {}
+  template <class T>
+  T* as() {
+    return reinterpret_cast<T*>(bytes.data());
+  }
 };
 
-void read_buffer(const std::string& path, Buffer& b) {
+Buffer read_buffer(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
-  if (!f) {
-    b.data = std::malloc(1);
-    return;
-  }
-  std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  b.bytes = bytes.size();
-  b.data = std::malloc(b.bytes ? b.bytes : 1);
-  std::memcpy(b.data, bytes.data(), b.bytes);
+  if (!f) return Buffer(1);
+  Buffer b;
+  b.bytes.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  if (b.bytes.empty()) b.bytes.push_back(0);
+  return b;
 }
 
 std::vector<double> read_params(const std::string& dir) {
@@ -53,76 +56,97 @@ std::vector<double> read_params(const std::string& dir) {
   return v;
 }
 
-void write_out(const std::string& dir, const void* data, size_t bytes) {
-  std::ofstream f(dir + "/out.bin", std::ios::binary);
-  f.write(static_cast<const char*>(data), std::streamsize(bytes));
+// The kernels take `constant T&` parameters, which the emulator sees as `T&`: the
+// launchers call them with their own copies.
+// Runs `launch_all(schedule)` (which returns the output buffer) under every schedule;
+// writes the first result and fails when another differs.
+template <class F>
+int run_all_schedules(const std::string& dir, const std::string& name, F launch_all) {
+  const Buffer first = launch_all(fc_emu::kSchedules[0]);
+  for (fc_emu::Schedule s : fc_emu::kSchedules) {
+    if (launch_all(s).bytes != first.bytes) {
+      std::fprintf(stderr, "RACE: %s gives a different result under the %s schedule than under %s\n",
+                   name.c_str(), fc_emu::schedule_name(s), fc_emu::schedule_name(fc_emu::kSchedules[0]));
+      return 4;
+    }
+  }
+  std::ofstream(dir + "/out.bin", std::ios::binary).write(first.bytes.data(), std::streamsize(first.bytes.size()));
+  return 0;
 }
 
-template <class T>
+template <class D>
 int run_conv(const std::string& dir, fusedconv::Conv3x3Params p, mp::KernelDType dt) {
+  using T = typename D::storage;
   const mp::KernelPlan plan = mp::plan_conv3x3(p, dt);
-  Buffer b[mp::kConvBufferCount];
-  for (int i = 0; i < mp::kConvBufferCount; ++i) {
-    if (i != mp::kConvOut && i != mp::kConvParams) read_buffer(dir + "/b" + std::to_string(i) + ".bin", b[i]);
-  }
-  const size_t out_bytes = size_t(p.n) * p.ho * p.wo * p.o * sizeof(T);
-  Buffer& out = b[mp::kConvOut];
-  out.bytes = out_bytes;
-  out.data = std::malloc(out_bytes);
+  std::vector<Buffer> b(mp::kConvBufferCount);
+  for (int i = 0; i < mp::kConvOut; ++i) b[i] = read_buffer(dir + "/b" + std::to_string(i) + ".bin");
   using Fn = void (*)(const T*, const T*, const float*, const T*, const T*, const T*, const T*, const T*,
                       const T*, const T*, T*, fusedconv::Conv3x3Params&, metal::uint3, uint, uint, uint);
-  Fn fn = reinterpret_cast<Fn>(fc_emu::find_kernel(plan.name));
-  auto buf = [&](int i) { return static_cast<const T*>(b[i].data); };
-  fc_emu::launch(plan.threadgroups.x, plan.threadgroups.y, plan.threadgroups.z, int(plan.threads.x),
-                 plan.threadgroup_bytes, [&](int tid, metal::uint3 tg) {
-                   fn(buf(mp::kConvX), buf(mp::kConvWeight), static_cast<const float*>(b[mp::kConvStats].data),
-                      buf(mp::kConvGamma), buf(mp::kConvBeta), buf(mp::kConvBias), buf(mp::kConvResidual),
-                      buf(mp::kConvShortcutX), buf(mp::kConvShortcutW), buf(mp::kConvShortcutBias),
-                      static_cast<T*>(out.data), p, tg, uint(tid), uint(tid % 32), uint(tid / 32));
-                 });
-  write_out(dir, out.data, out_bytes);
+  const Fn fn = reinterpret_cast<Fn>(fc_emu::find_kernel(plan.name));
   std::printf("%s grid %ux%ux%u threads %u tgmem %zu\n", plan.name.c_str(), plan.threadgroups.x,
               plan.threadgroups.y, plan.threadgroups.z, plan.threads.x, plan.threadgroup_bytes);
-  return 0;
+  return run_all_schedules(dir, plan.name, [&](fc_emu::Schedule schedule) {
+    Buffer out(size_t(p.n) * p.ho * p.wo * p.o * sizeof(T));
+    fc_emu::launch(plan.threadgroups.x, plan.threadgroups.y, plan.threadgroups.z, int(plan.threads.x),
+                   plan.threadgroup_bytes, schedule, [&](int tid, metal::uint3 tg) {
+                     fn(b[mp::kConvX].as<T>(), b[mp::kConvWeight].as<T>(), b[mp::kConvStats].as<float>(),
+                        b[mp::kConvGamma].as<T>(), b[mp::kConvBeta].as<T>(), b[mp::kConvBias].as<T>(),
+                        b[mp::kConvResidual].as<T>(), b[mp::kConvShortcutX].as<T>(),
+                        b[mp::kConvShortcutW].as<T>(), b[mp::kConvShortcutBias].as<T>(), out.as<T>(), p, tg,
+                        uint(tid), uint(tid % 32), uint(tid / 32));
+                   });
+    return out;
+  });
 }
 
-template <class T>
+template <class D>
 int run_stats(const std::string& dir, fusedconv::GroupNormStatsParams p, mp::KernelDType dt) {
-  const mp::KernelPlan plan = mp::plan_group_norm_stats(p, dt);
-  Buffer x;
-  read_buffer(dir + "/b0.bin", x);
-  std::vector<float> out(size_t(p.n) * p.groups * 2, std::numeric_limits<float>::quiet_NaN());
-  using Fn = void (*)(const T*, float*, fusedconv::GroupNormStatsParams&, metal::uint3, uint, uint, uint);
-  Fn fn = reinterpret_cast<Fn>(fc_emu::find_kernel(plan.name));
-  fc_emu::launch(plan.threadgroups.x, plan.threadgroups.y, plan.threadgroups.z, int(plan.threads.x),
-                 plan.threadgroup_bytes, [&](int tid, metal::uint3 tg) {
-                   fn(static_cast<const T*>(x.data), out.data(), p, tg, uint(tid), uint(tid % 32),
-                      uint(tid / 32));
-                 });
-  write_out(dir, out.data(), out.size() * sizeof(float));
-  std::printf("%s grid %ux%ux%u threads %u\n", plan.name.c_str(), plan.threadgroups.x, plan.threadgroups.y,
-              plan.threadgroups.z, plan.threads.x);
-  return 0;
+  using T = typename D::storage;
+  fusedconv::GroupNormSlices slices = mp::group_norm_slices(p);
+  const mp::KernelPlan partial = mp::plan_group_norm_partial(p, slices, dt);
+  const mp::KernelPlan merge = mp::plan_group_norm_merge(p);
+  Buffer x = read_buffer(dir + "/b0.bin");
+  using PartialFn = void (*)(const T*, float*, fusedconv::GroupNormStatsParams&, fusedconv::GroupNormSlices&, metal::uint3, uint, uint, uint);
+  using MergeFn = void (*)(const float*, float*, fusedconv::GroupNormStatsParams&, fusedconv::GroupNormSlices&, uint);
+  const PartialFn partial_fn = reinterpret_cast<PartialFn>(fc_emu::find_kernel(partial.name));
+  const MergeFn merge_fn = reinterpret_cast<MergeFn>(fc_emu::find_kernel(merge.name));
+  std::printf("%s grid %ux%ux%u, %s grid %u (%d slices of %lld px)\n", partial.name.c_str(), partial.threadgroups.x,
+              partial.threadgroups.y, partial.threadgroups.z, merge.name.c_str(), merge.threadgroups.x,
+              slices.count, slices.pixels);
+  return run_all_schedules(dir, partial.name, [&](fc_emu::Schedule schedule) {
+    Buffer partials(mp::group_norm_partials_floats(p, slices) * sizeof(float));
+    fc_emu::launch(partial.threadgroups.x, partial.threadgroups.y, partial.threadgroups.z, int(partial.threads.x),
+                   partial.threadgroup_bytes, schedule, [&](int tid, metal::uint3 tg) {
+                     partial_fn(x.as<T>(), partials.as<float>(), p, slices, tg, uint(tid), uint(tid % 32),
+                                uint(tid / 32));
+                   });
+    Buffer out(size_t(p.n) * p.groups * 2 * sizeof(float));
+    fc_emu::launch(merge.threadgroups.x, merge.threadgroups.y, merge.threadgroups.z, int(merge.threads.x),
+                   merge.threadgroup_bytes, schedule, [&](int tid, metal::uint3 tg) {
+                     merge_fn(partials.as<float>(), out.as<float>(), p, slices, tg.x * merge.threads.x + uint(tid));
+                   });
+    return out;
+  });
 }
 
 template <template <class> class Run, class P>
 int by_dtype(const std::string& dir, const P& p, int dtype) {
   switch (dtype) {
-    case 0: return Run<float>::run(dir, p, mp::KernelDType::float32);
-    case 1: return Run<half>::run(dir, p, mp::KernelDType::float16);
-    default: return Run<fc_bf16>::run(dir, p, mp::KernelDType::bfloat16);
+    case 0: return Run<fc_float32>::run(dir, p, mp::KernelDType::float32);
+    case 1: return Run<fc_float16>::run(dir, p, mp::KernelDType::float16);
+    default: return Run<fc_bfloat16>::run(dir, p, mp::KernelDType::bfloat16);
   }
 }
-template <class T>
+template <class D>
 struct Conv {
   static int run(const std::string& d, const fusedconv::Conv3x3Params& p, mp::KernelDType dt) {
-    return run_conv<T>(d, p, dt);
+    return run_conv<D>(d, p, dt);
   }
 };
-template <class T>
+template <class D>
 struct Stats {
   static int run(const std::string& d, const fusedconv::GroupNormStatsParams& p, mp::KernelDType dt) {
-    return run_stats<T>(d, p, dt);
+    return run_stats<D>(d, p, dt);
   }
 };
 
@@ -142,7 +166,7 @@ int main(int argc, char** argv) {
       return by_dtype<Conv>(dir, p, int(v[14]));
     }
     if (op == "stats" && v.size() == 6) {
-      fusedconv::GroupNormStatsParams p{int(v[0]), int(v[1]), int(v[2]), int(v[3]), float(v[4])};
+      fusedconv::GroupNormStatsParams p{int(v[0]), int(v[2]), int(v[3]), float(v[4]), fusedconv::fc_int64(v[1])};
       return by_dtype<Stats>(dir, p, int(v[5]));
     }
     std::fprintf(stderr, "bad op or params\n");

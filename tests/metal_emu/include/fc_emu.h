@@ -1,15 +1,19 @@
 // CPU emulator of Metal compute for the project's kernels (in the manner of ROCm
 // HIP-CPU): every Metal thread of a threadgroup runs as a fiber (ucontext) on one
-// OS thread, scheduled deterministically in thread-index order until it blocks.
+// OS thread, under one of several deterministic schedules (Schedule) until it blocks.
 //  - threadgroup_barrier counts arrivals: a thread that returns while others wait at
 //    a barrier (a divergent or missed barrier) fails the launch;
 //  - simd_sum and simdgroup_matrix multiply-accumulate are collectives over the 32
 //    lanes of a simdgroup, exchanging values through per-simdgroup buffers;
 //  - simdgroup_matrix elements live in lanes by Apple's layout (lane_coord);
-//  - threadgroup memory is poisoned with NaN before every threadgroup;
+//  - threadgroup memory is poisoned with all-ones bytes (NaN in f32, f16 and bf16)
+//    before every threadgroup;
 //  - device buffers are exact-size host allocations, so ASan checks their bounds.
-// Fibers: a missing barrier lets a thread read threadgroup memory that later
-// threads have not written yet, which the NaN poison turns into a wrong result.
+// A missing barrier is a race: some order of the simdgroups then reads threadgroup
+// memory before it is written, or after it is overwritten. The runner runs every
+// launch under each Schedule and fails when the results differ bit-wise; the
+// priority schedules let one simdgroup run ahead until it blocks at a threadgroup
+// barrier, as a GPU may.
 #pragma once
 
 #include <ucontext.h>
@@ -17,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <map>
@@ -67,6 +72,22 @@ inline void* find_kernel(const std::string& name) {
 
 enum class Wait { none, tg_barrier, simd_barrier, done };
 
+// lockstep: every runnable thread runs until it blocks, in thread order (or the
+// reverse); priority: only the first (or last) simdgroup with a runnable thread runs,
+// so it gets ahead of the others up to its next threadgroup barrier.
+enum class Schedule { lockstep_forward, lockstep_reverse, priority_forward, priority_reverse };
+constexpr Schedule kSchedules[] = {Schedule::lockstep_forward, Schedule::lockstep_reverse,
+                                   Schedule::priority_forward, Schedule::priority_reverse};
+inline const char* schedule_name(Schedule s) {
+  switch (s) {
+    case Schedule::lockstep_forward: return "lockstep-forward";
+    case Schedule::lockstep_reverse: return "lockstep-reverse";
+    case Schedule::priority_forward: return "priority-forward";
+    case Schedule::priority_reverse: return "priority-reverse";
+  }
+  return "";
+}
+
 constexpr size_t kFiberStack = 256 * 1024;
 
 // Fiber stacks, allocated once and reused by every threadgroup (uninitialised: a
@@ -114,6 +135,7 @@ T* threadgroup_array(size_t count) {
 
 struct Launch {
   int threads = 0;
+  Schedule schedule = Schedule::lockstep_forward;
   int running = -1;  // index of the fiber on the CPU, -1 for the scheduler
   std::vector<Fiber> fibers;
   ucontext_t scheduler{};
@@ -189,7 +211,7 @@ struct Launch {
     current() = this;
     for (;;) {
       bool progressed = false;
-      for (int t = 0; t < threads; ++t) {
+      for (int t : runnable_order()) {
         if (fibers[t].wait != Wait::none) continue;
         resume(t);
         progressed = true;
@@ -200,6 +222,21 @@ struct Launch {
       if (!progressed) fail("deadlock: threads wait at different barriers");
       if (!error.empty()) return drain();
     }
+  }
+
+  // The threads the scheduler runs next, in order (see Schedule).
+  std::vector<int> runnable_order() const {
+    std::vector<int> order;
+    const bool reverse = schedule == Schedule::lockstep_reverse || schedule == Schedule::priority_reverse;
+    for (int i = 0; i < threads; ++i) order.push_back(reverse ? threads - 1 - i : i);
+    if (schedule == Schedule::lockstep_forward || schedule == Schedule::lockstep_reverse) return order;
+    for (int t : order) {
+      if (fibers[t].wait != Wait::none) continue;
+      std::vector<int> simdgroup;  // the first simdgroup that can run, in lane order
+      for (int u = t / 32 * 32; u < std::min(threads, t / 32 * 32 + 32); ++u) simdgroup.push_back(u);
+      return simdgroup;
+    }
+    return {};
   }
 
   bool all_done() const {
@@ -259,16 +296,17 @@ struct Launch {
 // Runs `body(tid, tg)` for every thread of every threadgroup of the grid, one
 // threadgroup at a time; threadgroup memory (tg_bytes) is NaN-poisoned before each.
 template <class Body>
-void launch(unsigned gx, unsigned gy, unsigned gz, int threads, size_t tg_bytes, Body body) {
+void launch(unsigned gx, unsigned gy, unsigned gz, int threads, size_t tg_bytes, Schedule schedule, Body body) {
   for (unsigned z = 0; z < gz; ++z) {
     for (unsigned y = 0; y < gy; ++y) {
       for (unsigned x = 0; x < gx; ++x) {
         ThreadgroupMemory& m = threadgroup_memory_block();
         m.bytes = tg_bytes;
         m.data = static_cast<float*>(std::malloc(tg_bytes ? tg_bytes : 1));  // exact size: ASan bounds
-        for (size_t i = 0; i < tg_bytes / sizeof(float); ++i) m.data[i] = std::numeric_limits<float>::quiet_NaN();
+        std::memset(m.data, 0xff, tg_bytes);
         Launch l;
         l.threads = threads;
+        l.schedule = schedule;
         l.body = [&](int tid) { body(tid, metal::uint3{x, y, z}); };
         l.run_threadgroup();
         std::free(m.data);
@@ -305,26 +343,6 @@ simdgroup_matrix<T, R, C> make_filled_simdgroup_matrix(T value) {
   simdgroup_matrix<T, R, C> m;
   m.e[0] = m.e[1] = value;
   return m;
-}
-
-template <typename T>
-inline void simdgroup_load_any(simdgroup_matrix<T, 8, 8>& m, const T* src, ulong stride) {
-  int row, col;
-  fc_emu::lane_coord(fc_emu::current()->lane(), row, col);
-  m.e[0] = src[row * stride + col];
-  m.e[1] = src[row * stride + col + 1];
-}
-template <typename T>
-void simdgroup_load(simdgroup_matrix<T, 8, 8>& m, const T* src, ulong stride) {
-  simdgroup_load_any(m, src, stride);
-}
-
-template <typename T>
-void simdgroup_store(const simdgroup_matrix<T, 8, 8>& m, T* dst, ulong stride) {
-  int row, col;
-  fc_emu::lane_coord(fc_emu::current()->lane(), row, col);
-  dst[row * stride + col] = m.e[0];
-  dst[row * stride + col + 1] = m.e[1];
 }
 
 // d = a * b + c as a simdgroup collective: lanes publish their elements, then each
