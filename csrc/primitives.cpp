@@ -31,11 +31,13 @@ mx::array scratch_array(size_t floats) {
   return s;
 }
 
+#if !defined(FUSEDCONV_METAL)
 [[noreturn]] void no_gpu(const char* op) {
   throw std::runtime_error(std::string("fusedconv.") + op +
                            ": this build has no GPU backend for this MLX (Metal kernels are built "
                            "only against MLX with Metal). Run it on the CPU stream: stream=mx.cpu.");
 }
+#endif
 
 }  // namespace
 
@@ -44,7 +46,7 @@ mx::array scratch_array(size_t floats) {
 void GroupNormStats::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
   const mx::array& x = inputs[0];
   out.set_data(mx::allocator::malloc(out.nbytes()));
-  const GroupNormStatsParams p{x.shape(0), x.shape(1) * x.shape(2), x.shape(3), groups_, eps_};
+  const GroupNormStatsParams p{x.shape(0), x.shape(3), groups_, eps_, fc_int64(x.shape(1)) * x.shape(2)};
   const auto plan = cpu::plan_group_norm_stats(p, cpu::default_threads());
   mx::array scratch = scratch_array(plan.scratch_floats);
   auto& enc = mx::cpu::get_command_encoder(stream());

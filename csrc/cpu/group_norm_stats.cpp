@@ -30,26 +30,26 @@ Moments merge(Moments a, Moments b) {
 // Moments of each group over pixels [p0, p1) of image n, accumulated block by
 // block: exact two-pass within a block, Chan merges across blocks.
 template <class T>
-void chunk_moments(const GroupNormStatsParams& p, const T* x, int n, int p0, int p1,
+void chunk_moments(const GroupNormStatsParams& p, const T* x, int n, fc_int64 p0, fc_int64 p1,
                    float* sum, float* dev, Moments* out) {
   const int C = p.c, cg = C / p.groups;
   for (int g = 0; g < p.groups; ++g) out[g] = {0, 0, 0};
-  for (int b0 = p0; b0 < p1; b0 += kBlockPixels) {
-    const int b1 = std::min(p1, b0 + kBlockPixels);
+  for (fc_int64 b0 = p0; b0 < p1; b0 += kBlockPixels) {
+    const int pixels = int(std::min<fc_int64>(p1 - b0, kBlockPixels));
     const T* base = x + (size_t(n) * p.hw + b0) * C;
     std::fill(sum, sum + C, 0.0f);
-    for (int i = 0; i < b1 - b0; ++i) {
+    for (int i = 0; i < pixels; ++i) {
       for (int c = 0; c < C; ++c) sum[c] += to_f32(base[size_t(i) * C + c]);
     }
     std::fill(dev, dev + C, 0.0f);
-    const float count = float(b1 - b0) * cg;
+    const float count = float(pixels) * cg;
     for (int g = 0; g < p.groups; ++g) {
       float s = 0;
       for (int c = g * cg; c < (g + 1) * cg; ++c) s += sum[c];
       const float mean = s / count;
       for (int c = g * cg; c < (g + 1) * cg; ++c) sum[c] = mean;  // reuse as per-channel mean
     }
-    for (int i = 0; i < b1 - b0; ++i) {
+    for (int i = 0; i < pixels; ++i) {
       for (int c = 0; c < C; ++c) {
         const float d = to_f32(base[size_t(i) * C + c]) - sum[c];
         dev[c] += d * d;
@@ -70,7 +70,7 @@ void run(const GroupNormStatsParams& p, const T* x, float* out, const GroupNormS
   float* work = scratch + size_t(p.n) * plan.chunks * p.groups * 3;
   parallel_for(p.n * plan.chunks, plan.threads, [&](int task, int worker) {
     const int n = task / plan.chunks, chunk = task % plan.chunks;
-    const int p0 = chunk * plan.chunk_pixels, p1 = std::min(p.hw, p0 + plan.chunk_pixels);
+    const fc_int64 p0 = chunk * plan.chunk_pixels, p1 = std::min(p.hw, p0 + plan.chunk_pixels);
     float* sum = work + size_t(worker) * 2 * p.c;
     chunk_moments(p, x, n, p0, p1, sum, sum + p.c, partial + size_t(task) * p.groups);
   });
@@ -91,7 +91,7 @@ void run(const GroupNormStatsParams& p, const T* x, float* out, const GroupNormS
 
 GroupNormStatsCpuPlan plan_group_norm_stats(const GroupNormStatsParams& p, int threads) {
   GroupNormStatsCpuPlan plan{};
-  plan.chunks = std::clamp(p.hw / 256, 1, kMaxChunksPerImage);
+  plan.chunks = int(std::clamp<fc_int64>(p.hw / 256, 1, kMaxChunksPerImage));
   plan.chunk_pixels = (p.hw + plan.chunks - 1) / plan.chunks;
   plan.threads = std::max(1, std::min(threads, p.n * plan.chunks));
   plan.scratch_floats = size_t(p.n) * plan.chunks * p.groups * 3 + size_t(plan.threads) * 2 * p.c;

@@ -13,7 +13,7 @@ namespace fusedconv::cpu {
 struct GroupNormStatsCpuPlan {
   int threads;
   int chunks;        // pixel chunks per image (capped: scratch does not grow with H*W)
-  int chunk_pixels;  // pixels per chunk
+  fc_int64 chunk_pixels;  // pixels per chunk
   size_t scratch_floats;  // N * chunks * G * 3 moments + threads * 2 * C sums
 };
 
