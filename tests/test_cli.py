@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import mlx.core as mx
 import numpy as np
 import pytest
 from PIL import Image
@@ -65,3 +66,19 @@ def test_decode_errors_are_clear(vae_folder, tmp_path):
     save_file({"model.diffusion_model.w": np.zeros(3, np.float32)}, str(no_decoder))
     res = run_cli("decode", str(latents), "--weights", str(no_decoder), "--config", "sd1")
     assert res.returncode == 2 and "no VAE decoder" in res.stderr
+
+
+def test_doctor_reports_versions_checks_and_timing(tmp_path, capsys):
+    import json
+
+    from fusedconv import cli
+
+    out = tmp_path / "doctor.json"
+    assert cli.main(["doctor", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["mlx"] == mx.__version__ and report["cpu_build"] in report["cpu_builds_available"]
+    names = [c["check"] for c in report["checks"]]
+    assert len(names) >= 9 and all(c["ok"] for c in report["checks"])
+    assert report["timing"]["fused_gn_silu_conv3x3_s"] > 0
+    text = capsys.readouterr().out
+    assert "CPU kernel build" in text and "[ok] cpu conv3x3 bfloat16" in text

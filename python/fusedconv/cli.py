@@ -1,5 +1,6 @@
-"""Command line: `fusedconv demo` (fused vs mlx.nn on one VAE conv) and
-`fusedconv decode` (latents -> PNG through the MLX AutoencoderKL decoder)."""
+"""Command line: `fusedconv demo` (fused vs mlx.nn on one VAE conv), `fusedconv decode`
+(latents -> PNG through the MLX AutoencoderKL decoder) and `fusedconv doctor` (versions,
+kernels, parity and timing, for bug reports)."""
 
 from __future__ import annotations
 
@@ -115,6 +116,12 @@ def decode(args) -> int:
     return 0
 
 
+def doctor(args) -> int:
+    from .doctor import main as run_doctor
+
+    return run_doctor(args.json)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fusedconv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +142,10 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("-o", "--output", default="decoded.png", help="output PNG (index appended for batches)")
     p.set_defaults(func=decode)
+
+    p = sub.add_parser("doctor", help="versions, devices, each kernel's parity and timing (paste into bug reports)")
+    p.add_argument("--json", help="also write the report as JSON to this file")
+    p.set_defaults(func=doctor)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
