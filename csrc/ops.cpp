@@ -1,6 +1,7 @@
 #include "ops.h"
 
 #include <cmath>
+#include <cstdint>
 #include <sstream>
 
 #include "mlx/ops.h"
@@ -95,6 +96,12 @@ mx::array conv3x3(const mx::array& x, const mx::array& weight,
   const int o = weight.shape(0);
   if (upsample != 1 && upsample != 2) {
     fail("upsample: must be 1 or 2, got " + std::to_string(upsample));
+  }
+  // Each output dimension is an int in MLX and in the kernels' parameters.
+  const long long ho = (long long)x.shape(1) * upsample, wo = (long long)x.shape(2) * upsample;
+  if (ho > INT32_MAX || wo > INT32_MAX) {
+    fail("x: the output would be " + std::to_string(ho) + " x " + std::to_string(wo) +
+         " pixels (H and W times upsample); each must be at most 2^31 - 1");
   }
 
   const mx::Stream stream = mx::to_stream(s);

@@ -48,7 +48,8 @@ def test_decode_writes_png(vae_folder, tmp_path, reference):
 def test_decode_batch_from_safetensors(vae_folder, tmp_path):
     latents = tmp_path / "z.safetensors"
     save_file({"latents": np.random.default_rng(1).standard_normal((2, 3, 3, 4)).astype(np.float32)}, str(latents))
-    res = run_cli("decode", str(latents), "--weights", str(vae_folder), "-o", str(tmp_path / "b.png"), "--quiet")
+    res = run_cli("decode", str(latents), "--weights", str(vae_folder), "-o", str(tmp_path / "b.png"), "--quiet",
+                  "--layout", "nhwc")
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "b-0.png").exists() and (tmp_path / "b-1.png").exists()
 
@@ -66,6 +67,42 @@ def test_decode_errors_are_clear(vae_folder, tmp_path):
     save_file({"model.diffusion_model.w": np.zeros(3, np.float32)}, str(no_decoder))
     res = run_cli("decode", str(latents), "--weights", str(no_decoder), "--config", "sd1")
     assert res.returncode == 2 and "no VAE decoder" in res.stderr
+
+
+def test_nchw_latents_whose_width_equals_the_channels_are_not_read_as_nhwc(vae_folder, tmp_path):
+    """Was: a [1, 4, 6, 4] NCHW latent (width 4 = channels) read as NHWC, a transposed image, exit 0."""
+    latents = tmp_path / "z.npy"
+    np.save(latents, np.random.default_rng(2).standard_normal((1, 4, 6, 4)).astype(np.float32))
+    res = run_cli("decode", str(latents), "--weights", str(vae_folder), "-o", str(tmp_path / "a.png"), "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert Image.open(tmp_path / "a.png").size == (16, 24)  # width 4 x 4, height 6 x 4
+    res = run_cli("decode", str(latents), "--weights", str(vae_folder), "-o", str(tmp_path / "b.png"), "--quiet",
+                  "--layout", "nhwc")
+    assert res.returncode == 0, res.stderr
+    assert Image.open(tmp_path / "b.png").size == (24, 16)
+
+
+def test_layout_mismatch_suggests_the_flag(vae_folder, tmp_path):
+    latents = tmp_path / "z.npy"
+    np.save(latents, np.zeros((1, 6, 5, 4), np.float32))  # NHWC
+    res = run_cli("decode", str(latents), "--weights", str(vae_folder))
+    assert res.returncode == 2 and "--layout nhwc" in res.stderr
+
+
+def test_decode_refuses_bad_paths_and_values_before_decoding(vae_folder, tmp_path):
+    latents = tmp_path / "z.npy"
+    np.save(latents, np.zeros((1, 4, 3, 3), np.float32))
+    res = run_cli("decode", str(tmp_path), "--weights", str(vae_folder))
+    assert res.returncode == 2 and "is a folder" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli("decode", str(latents), "--weights", str(vae_folder), "-o", str(tmp_path / "no" / "x.png"))
+    assert res.returncode == 2 and "--output: cannot write" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli("decode", str(latents), "--weights", str(vae_folder), "-o", str(tmp_path))
+    assert res.returncode == 2 and "--output" in res.stderr
+    bad = np.zeros((1, 4, 3, 3), np.float32)
+    bad[0, 0, 0, 0] = np.nan
+    np.save(latents, bad)
+    res = run_cli("decode", str(latents), "--weights", str(vae_folder), "-o", str(tmp_path / "n.png"))
+    assert res.returncode == 2 and "NaN" in res.stderr and not (tmp_path / "n.png").exists()
 
 
 def test_doctor_reports_versions_checks_and_timing(tmp_path, capsys):

@@ -87,3 +87,44 @@ def test_patched_decode_peaks_lower():
         fused_mflux.unpatch()
     print(f"mflux decode peak above weights: {unpatched / 2**20:.1f} MiB, patched {fused / 2**20:.1f} MiB")
     assert fused < unpatched / 2
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_patched_decode_of_a_quantized_vae_matches_mflux(bits):
+    """mflux -q 8 / -q 4 quantize the VAE's attention Linear layers; the patched decode runs
+    them quantized, as mflux does. Was: "Received 8 parameters not in model (...to_q.scales)"."""
+    import mlx.nn as nn
+
+    module_name = fused_mflux.COVERED[0][0]
+    vae = random_vae(module_name)
+    nn.quantize(vae, bits=bits, class_predicate=lambda p, m: hasattr(m, "to_quantized"))
+    assert any(isinstance(m, nn.QuantizedLinear) for _, m in vae.decoder.named_modules())
+    latents = mx.random.normal((1, 16, 1, 6, 5), key=mx.random.key(2)).astype(mx.bfloat16)
+    want = vae.decode(latents)
+    fused_mflux.patch()
+    try:
+        got = vae.decode(latents)
+    finally:
+        fused_mflux.unpatch()
+    assert normalized_error(got, want) <= BF16_TOL
+
+
+def test_patched_decode_follows_weight_updates(patched):
+    """No cached decoder: after vae.decoder.update(...) the patched decode uses the new weights."""
+    module_name = fused_mflux.COVERED[0][0]
+    vae = random_vae(module_name, seed=0)
+    latents = mx.random.normal((1, 16, 1, 4, 4), key=mx.random.key(3)).astype(mx.bfloat16)
+    before = vae.decode(latents)
+    vae.decoder.update(random_vae(module_name, seed=1).decoder.parameters())
+    after = vae.decode(latents)
+    fused_mflux.unpatch()
+    want = vae.decode(latents)
+    assert normalized_error(after, want) <= BF16_TOL
+    assert normalized_error(before, want) > 0.1
+
+
+def test_failed_import_patches_nothing(monkeypatch):
+    monkeypatch.setattr(fused_mflux, "COVERED", fused_mflux.COVERED + [("mflux.no_such_module", "VAE", "flux")])
+    with pytest.raises(ImportError):
+        fused_mflux.patch()
+    assert fused_mflux._originals == {}

@@ -71,11 +71,14 @@ void run(const Conv3x3Params& p, const Conv3x3Buffers& b, const Conv3x3CpuPlan& 
 }  // namespace
 
 int default_threads() {
+  // Capped by the machine: more workers than cores only add scratch (a halo ring each).
+  const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
   if (const char* env = std::getenv("FUSEDCONV_NUM_THREADS")) {
-    const int v = std::atoi(env);
-    if (v > 0) return v;
+    char* end = nullptr;
+    const long v = std::strtol(env, &end, 10);
+    if (end != env && *end == '\0' && v > 0) return int(std::min<long>(v, cores));
   }
-  return std::max(1u, std::thread::hardware_concurrency());
+  return cores;
 }
 
 Conv3x3CpuPlan plan_conv3x3(const Conv3x3Params& p, DType dt, int threads) {

@@ -14,16 +14,20 @@ constexpr int kMaxChunksPerImage = 64;
 // stays in L1 for the second pass.
 constexpr int kBlockPixels = 16;
 
+// Merged in double: a block's f32 moments are exact to f32 rounding, but thousands of
+// merges into an f32 running mean stall it a few ulps from the true mean and add that
+// offset squared per block (a single outlier among 2^31 equal pixels: 20% rstd error).
 struct Moments {
-  float count, mean, m2;
+  double count, mean, m2;
 };
+constexpr size_t kMomentsFloats = sizeof(Moments) / sizeof(float);
 
 // Chan et al.: merge two (count, mean, M2) summaries.
 Moments merge(Moments a, Moments b) {
   if (a.count == 0) return b;
   if (b.count == 0) return a;
-  const float n = a.count + b.count;
-  const float delta = b.mean - a.mean;
+  const double n = a.count + b.count;
+  const double delta = b.mean - a.mean;
   return {n, a.mean + delta * (b.count / n), a.m2 + b.m2 + delta * delta * (a.count * b.count / n)};
 }
 
@@ -67,7 +71,7 @@ template <class T>
 void run(const GroupNormStatsParams& p, const T* x, float* out, const GroupNormStatsCpuPlan& plan,
          float* scratch) {
   Moments* partial = reinterpret_cast<Moments*>(scratch);
-  float* work = scratch + size_t(p.n) * plan.chunks * p.groups * 3;
+  float* work = scratch + size_t(p.n) * plan.chunks * p.groups * kMomentsFloats;
   parallel_for(p.n * plan.chunks, plan.threads, [&](int task, int worker) {
     const int n = task / plan.chunks, chunk = task % plan.chunks;
     const fc_int64 p0 = chunk * plan.chunk_pixels, p1 = std::min(p.hw, p0 + plan.chunk_pixels);
@@ -80,9 +84,9 @@ void run(const GroupNormStatsParams& p, const T* x, float* out, const GroupNormS
       for (int chunk = 0; chunk < plan.chunks; ++chunk) {
         m = merge(m, partial[(size_t(n) * plan.chunks + chunk) * p.groups + g]);
       }
-      const float var = m.count > 0 ? m.m2 / m.count : 0.0f;
-      out[(size_t(n) * p.groups + g) * 2] = m.mean;
-      out[(size_t(n) * p.groups + g) * 2 + 1] = 1.0f / std::sqrt(var + p.eps);
+      const double var = m.count > 0 ? m.m2 / m.count : 0.0;
+      out[(size_t(n) * p.groups + g) * 2] = float(m.mean);
+      out[(size_t(n) * p.groups + g) * 2 + 1] = float(1.0 / std::sqrt(var + p.eps));
     }
   }
 }
@@ -94,7 +98,7 @@ GroupNormStatsCpuPlan plan_group_norm_stats(const GroupNormStatsParams& p, int t
   plan.chunks = int(std::clamp<fc_int64>(p.hw / 256, 1, kMaxChunksPerImage));
   plan.chunk_pixels = (p.hw + plan.chunks - 1) / plan.chunks;
   plan.threads = std::max(1, std::min(threads, p.n * plan.chunks));
-  plan.scratch_floats = size_t(p.n) * plan.chunks * p.groups * 3 + size_t(plan.threads) * 2 * p.c;
+  plan.scratch_floats = size_t(p.n) * plan.chunks * p.groups * kMomentsFloats + size_t(plan.threads) * 2 * p.c;
   return plan;
 }
 

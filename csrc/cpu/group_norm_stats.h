@@ -14,7 +14,7 @@ struct GroupNormStatsCpuPlan {
   int threads;
   int chunks;        // pixel chunks per image (capped: scratch does not grow with H*W)
   fc_int64 chunk_pixels;  // pixels per chunk
-  size_t scratch_floats;  // N * chunks * G * 3 moments + threads * 2 * C sums
+  size_t scratch_floats;  // N * chunks * G moments (3 doubles) + threads * 2 * C sums
 };
 
 GroupNormStatsCpuPlan plan_group_norm_stats(const GroupNormStatsParams& p, int threads);

@@ -63,7 +63,9 @@ def demo(args) -> int:
     return 0
 
 
-def _read_latents(path: Path, latent_channels: int) -> mx.array:
+def _read_latents(path: Path, latent_channels: int, layout: str) -> mx.array:
+    """Latents in the given layout (never guessed: an NCHW latent whose width equals the
+    channel count reads as NHWC just as well)."""
     if path.suffix == ".npy":
         z = mx.array(np.load(path))
     elif path.suffix == ".safetensors":
@@ -77,10 +79,16 @@ def _read_latents(path: Path, latent_channels: int) -> mx.array:
         z = z[None]
     if z.ndim != 4:
         raise ValueError(f"latents: expected [N, C, h, w] or [N, h, w, C], got shape {z.shape}")
-    if z.shape[-1] != latent_channels and z.shape[1] == latent_channels:
-        z = z.transpose(0, 2, 3, 1)  # NCHW as pipelines save it
-    if z.shape[-1] != latent_channels:
-        raise ValueError(f"latents: shape {z.shape} has no axis of {latent_channels} channels, as this config needs")
+    axis = 1 if layout == "nchw" else 3
+    if z.shape[axis] != latent_channels:
+        other = "nhwc" if layout == "nchw" else "nchw"
+        hint = f"; is it {other.upper()}? pass --layout {other}" if z.shape[4 - axis] == latent_channels else ""
+        raise ValueError(f"latents: {layout.upper()} shape {tuple(z.shape)} does not have the {latent_channels} "
+                         f"channels this config needs on axis {axis}{hint}")
+    if layout == "nchw":
+        z = z.transpose(0, 2, 3, 1)
+    if not mx.isfinite(z).all().item():
+        raise ValueError(f"latents: {path} holds NaN or infinite values")
     return z.astype(mx.float32)
 
 
@@ -102,18 +110,39 @@ def decode(args) -> int:
     for name, p in (("latents", args.latents), ("--weights", args.weights)):
         if not Path(p).exists():
             raise FileNotFoundError(f"{name}: {p} does not exist")
+    if Path(args.latents).is_dir():
+        raise ValueError(f"latents: {args.latents} is a folder; expected a .npy or .safetensors file")
+    _check_writable(Path(args.output))
     decoder = load_decoder(args.weights, config=args.config, dtype=DTYPES[args.dtype]).set_fused(not args.reference)
-    z = _read_latents(Path(args.latents), decoder.config.latent_channels)
+    z = _read_latents(Path(args.latents), decoder.config.latent_channels, args.layout)
     with tqdm(total=len(decoder.stages()), desc="decode", unit="stage", disable=args.quiet) as bar:
         images, seconds, peak = _measure(
             lambda: (decoder.decode if args.no_scaling else decoder.decode_latents)(z, on_stage=lambda _: bar.update())
         )
+    if not mx.isfinite(images).all().item():
+        print("fusedconv decode: warning: the decoded image holds NaN or infinite values "
+              "(weights or latents out of range?)", file=sys.stderr)
     paths = _save_images(images, Path(args.output))
     n, h, w, _ = images.shape
     path_name = "reference (mlx.nn)" if args.reference else "fused"
     print(f"decoded {n}x{h}x{w} ({path_name}, {args.dtype}) in {seconds:.2f} s, "
           f"peak {peak / MiB:.1f} MiB above weights+latents -> {', '.join(map(str, paths))}")
-    return 0
+    return 0 if mx.isfinite(images).all().item() else 1
+
+
+def _check_writable(out: Path) -> None:
+    """Fails before the decode, not after it: the output's folder must exist and take a file
+    (tried by creating it: permission bits do not stop root)."""
+    if out.is_dir():
+        raise ValueError(f"--output: {out} is a folder; give a file name ending in .png")
+    existed = out.exists()
+    try:
+        with open(out, "ab"):
+            pass
+    except OSError as e:
+        raise ValueError(f"--output: cannot write {out} ({e.strerror})") from None
+    if not existed:
+        out.unlink()
 
 
 def doctor(args) -> int:
@@ -133,12 +162,14 @@ def main(argv=None) -> int:
     p.set_defaults(func=demo)
 
     p = sub.add_parser("decode", help="decode latents to a PNG")
-    p.add_argument("latents", help="latents .npy or .safetensors, [N,C,h,w] or [N,h,w,C]")
+    p.add_argument("latents", help="latents .npy or .safetensors, [N,C,h,w] (or [N,h,w,C] with --layout nhwc)")
     p.add_argument("--weights", required=True, help="diffusers VAE folder, pipeline folder, or .safetensors file")
     p.add_argument("--config", help=f"preset for single-file weights: {', '.join(PRESETS)}")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
     p.add_argument("--reference", action="store_true", help="use the unfused mlx.nn path")
     p.add_argument("--no-scaling", action="store_true", help="latents are already unscaled (skip scaling/shift)")
+    p.add_argument("--layout", choices=["nchw", "nhwc"], default="nchw",
+                   help="axis order of the latents file (default nchw, what pipelines save)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("-o", "--output", default="decoded.png", help="output PNG (index appended for batches)")
     p.set_defaults(func=decode)

@@ -27,9 +27,10 @@ def _on_cpu() -> bool:
     return mx.default_device() == mx.cpu
 
 
-def _linear(layer: nn.Linear, x: mx.array) -> mx.array:
-    """nn.Linear through fusedconv.linear on the CPU (MLX's Linux CPU matmul runs at a few GFLOP/s)."""
-    if _on_cpu():
+def _linear(layer: nn.Module, x: mx.array) -> mx.array:
+    """nn.Linear through fusedconv.linear on the CPU (MLX's Linux CPU matmul runs at a few GFLOP/s);
+    a quantized layer (mflux's -q) runs as itself."""
+    if _on_cpu() and not isinstance(layer, nn.QuantizedLinear):
         return linear(x, layer.weight, layer.get("bias"))
     return layer(x)
 

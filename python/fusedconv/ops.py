@@ -23,6 +23,26 @@ def _require_array(name: str, value, optional: bool = False) -> None:
         raise TypeError(f"{name}: expected an mlx.core.array, got {type(value).__name__}")
 
 
+def _int_arg(name: str, value, what: str) -> int:
+    """An int argument that the extension takes as a 32-bit int: out of range is a ValueError
+    naming it (not nanobind's signature dump)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int{what}, got {type(value).__name__}")
+    if not -(2**31) <= value < 2**31:
+        raise ValueError(f"{name}: {value} is out of range{what}")
+    return value
+
+
+def _float_arg(name: str, value) -> float:
+    """A float argument; a Python int too large for a float is a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a float, got {type(value).__name__}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name}: {value} is too large for a float") from None
+
+
 def group_norm_stats(x: mx.array, groups: int, eps: float = 1e-6, *, stream: StreamOrDevice = None) -> mx.array:
     """Per-(image, group) mean and reciprocal std of ``x`` [N, H, W, C].
 
@@ -30,11 +50,8 @@ def group_norm_stats(x: mx.array, groups: int, eps: float = 1e-6, *, stream: Str
     [N, G, 2] with (mean, 1/sqrt(var + eps)), var the biased variance. No full-size temporary.
     """
     _require_array("x", x)
-    if isinstance(groups, bool) or not isinstance(groups, int):
-        raise TypeError(f"groups: expected an int, got {type(groups).__name__}")
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool):
-        raise TypeError(f"eps: expected a float, got {type(eps).__name__}")
-    return ext.group_norm_stats(x, groups, float(eps), stream=stream)
+    groups = _int_arg("groups", groups, " (a divisor of the channels of x)")
+    return ext.group_norm_stats(x, groups, _float_arg("eps", eps), stream=stream)
 
 
 def conv3x3(
@@ -81,8 +98,7 @@ def conv3x3(
         _require_array("shortcut bias", sb, optional=True)
     if not isinstance(silu, bool):
         raise TypeError(f"silu: expected a bool, got {type(silu).__name__}")
-    if isinstance(upsample, bool) or not isinstance(upsample, int):
-        raise TypeError(f"upsample: expected an int (1 or 2), got {type(upsample).__name__}")
+    upsample = _int_arg("upsample", upsample, " (1 or 2)")
     return ext.conv3x3(x, weight, bias, stats, gamma, beta, silu, upsample, residual, sx, sw, sb, stream=stream)
 
 
@@ -119,6 +135,4 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, *, stream: St
     block of queries at a time with an online softmax: the Tq x Tk scores are never allocated."""
     for name, a in (("q", q), ("k", k), ("v", v)):
         _require_array(name, a)
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool):
-        raise TypeError(f"scale: expected a float, got {type(scale).__name__}")
-    return ext.attention(q, k, v, float(scale), stream=stream)
+    return ext.attention(q, k, v, _float_arg("scale", scale), stream=stream)

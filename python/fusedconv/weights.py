@@ -101,6 +101,28 @@ def _weights_file(folder: Path) -> Path:
     return files[0]
 
 
+# The diffusers classes whose decoder this module builds.
+SUPPORTED_CLASSES = ("AutoencoderKL",)
+
+
+def _read_config(cfg_file: Path) -> VAEConfig:
+    if not cfg_file.exists():
+        raise FileNotFoundError(f"path: {cfg_file.parent} has no config.json; pass config=")
+    try:
+        d = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"path: {cfg_file} is not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"path: {cfg_file} holds a {type(d).__name__}, not a config object")
+    cls = d.get("_class_name")
+    if cls is not None and cls not in SUPPORTED_CLASSES:
+        raise ValueError(f"path: {cfg_file} describes a {cls}; fusedconv decodes {', '.join(SUPPORTED_CLASSES)}")
+    try:
+        return VAEConfig.from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"path: {cfg_file} has an unusable config ({e})") from None
+
+
 def load_decoder(
     path: Union[str, Path],
     *,
@@ -109,15 +131,14 @@ def load_decoder(
 ) -> AutoencoderKLDecoder:
     """Loads a decoder from a diffusers folder (or a pipeline folder with vae/), or from a
     single .safetensors VAE / full checkpoint (then config= a preset name or dict is required)."""
+    if dtype not in (mx.float32, mx.float16, mx.bfloat16):
+        raise TypeError(f"dtype: {dtype} is not supported; expected mx.float32, mx.float16 or mx.bfloat16")
     path = Path(path)
     cfg = resolve_config(config)
     if path.is_dir():
         folder = path / "vae" if (path / "vae" / "config.json").exists() else path
         if cfg is None:
-            cfg_file = folder / "config.json"
-            if not cfg_file.exists():
-                raise FileNotFoundError(f"path: {folder} has no config.json; pass config=")
-            cfg = VAEConfig.from_dict(json.loads(cfg_file.read_text()))
+            cfg = _read_config(folder / "config.json")
         weights = _weights_file(folder)
     elif path.is_file():
         if path.suffix != ".safetensors":

@@ -13,16 +13,19 @@ latent statistics), Qwen-Image / Wan / SeedVR2 VAEs (3-D causal convolutions).
 
 The fused decoder shares the mflux decoder's weight arrays (no copy): mflux's conv
 wrappers (conv_in.conv2d, conv_norm_out.norm, ...) are the only names that differ from
-diffusers'.
+diffusers'. It is built from the VAE's current arrays at every decode (a few
+milliseconds), so it cannot go stale when mflux's weights change; the layers mflux
+quantized (``-q 8`` / ``-q 4`` quantize the attention's Linear layers) are quantized the
+same way and run as mflux runs them.
 """
 
 from __future__ import annotations
 
 import importlib
-import weakref
 from typing import Dict, List, Tuple
 
 import mlx.core as mx
+import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from ..config import PRESETS
@@ -35,7 +38,6 @@ COVERED = [
 ]
 
 _originals: Dict[type, object] = {}
-_decoders: Dict[int, AutoencoderKLDecoder] = {}
 
 
 # mflux wraps three decoder layers in modules of its own; everything else has diffusers' names.
@@ -57,17 +59,19 @@ def _diffusers_name(mflux_key: str) -> str:
 
 
 def fused_decoder_for(vae, preset: str) -> AutoencoderKLDecoder:
-    """The fused decoder that shares `vae.decoder`'s arrays, built once per mflux VAE."""
-    key = id(vae)
-    if key not in _decoders:
-        weights: List[Tuple[str, mx.array]] = [
-            ("decoder." + _diffusers_name(k), v) for k, v in tree_flatten(vae.decoder.parameters())
-        ]
-        dec = AutoencoderKLDecoder(PRESETS[preset])
-        dec.load_weights(weights, strict=True)
-        _decoders[key] = dec
-        weakref.finalize(vae, _decoders.pop, key, None)
-    return _decoders[key]
+    """A fused decoder that shares `vae.decoder`'s arrays (quantized layers included)."""
+    quantized = {
+        "decoder." + _diffusers_name(path): {"group_size": m.group_size, "bits": m.bits, "mode": m.mode}
+        for path, m in vae.decoder.named_modules() if isinstance(m, nn.QuantizedLinear)
+    }
+    dec = AutoencoderKLDecoder(PRESETS[preset])
+    if quantized:
+        nn.quantize(dec, class_predicate=lambda path, m: quantized.get(path, False))
+    weights: List[Tuple[str, mx.array]] = [
+        ("decoder." + _diffusers_name(k), v) for k, v in tree_flatten(vae.decoder.parameters())
+    ]
+    dec.load_weights(weights, strict=True)
+    return dec
 
 
 def _fused_decode(preset: str):
@@ -83,15 +87,14 @@ def _fused_decode(preset: str):
 
 
 def patch() -> List[str]:
-    """Makes the covered mflux VAEs decode through fusedconv. Returns the patched classes."""
-    patched = []
-    for module_name, class_name, preset in COVERED:
-        cls = getattr(importlib.import_module(module_name), class_name)
+    """Makes the covered mflux VAEs decode through fusedconv. Returns the patched classes.
+    Every module is imported before any class is patched: a failed import patches nothing."""
+    classes = [(getattr(importlib.import_module(m), c), f"{m}.{c}", preset) for m, c, preset in COVERED]
+    for cls, _, preset in classes:
         if cls not in _originals:
             _originals[cls] = cls.decode
             cls.decode = _fused_decode(preset)
-        patched.append(f"{module_name}.{class_name}")
-    return patched
+    return [name for _, name, _ in classes]
 
 
 def unpatch() -> None:
@@ -99,4 +102,3 @@ def unpatch() -> None:
     for cls, original in _originals.items():
         cls.decode = original
     _originals.clear()
-    _decoders.clear()
