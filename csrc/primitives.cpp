@@ -12,6 +12,16 @@
 
 namespace fusedconv {
 
+OutOfMemory::OutOfMemory(const char* op, size_t bytes)
+    : message_(std::string("fusedconv.") + op + ": out of memory allocating " + std::to_string(bytes) +
+               " bytes (" + std::to_string(bytes >> 20) + " MiB)") {}
+
+void allocate(mx::array& a, const char* op) {
+  mx::allocator::Data data = mx::allocator::malloc(a.nbytes());
+  if (data.buffer().ptr() == nullptr && a.nbytes() > 0) throw OutOfMemory(op, a.nbytes());
+  a.set_data(std::move(data));
+}
+
 namespace {
 
 cpu::DType cpu_dtype(const mx::array& a) {
@@ -27,7 +37,7 @@ cpu::DType cpu_dtype(const mx::array& a) {
 // encoder keeps it alive until the dispatched task has run.
 mx::array scratch_array(size_t floats) {
   mx::array s({int(std::max<size_t>(floats, 1))}, mx::float32, nullptr, {});
-  s.set_data(mx::allocator::malloc(s.nbytes()));
+  allocate(s, "scratch");
   return s;
 }
 
@@ -45,7 +55,7 @@ mx::array scratch_array(size_t floats) {
 
 void GroupNormStats::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
   const mx::array& x = inputs[0];
-  out.set_data(mx::allocator::malloc(out.nbytes()));
+  allocate(out, name());
   const GroupNormStatsParams p{x.shape(0), x.shape(3), groups_, eps_, fc_int64(x.shape(1)) * x.shape(2)};
   const auto plan = cpu::plan_group_norm_stats(p, cpu::default_threads());
   mx::array scratch = scratch_array(plan.scratch_floats);
@@ -90,7 +100,7 @@ size_t FusedConv3x3::shortcut_index() const {
 }
 
 void FusedConv3x3::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
-  out.set_data(mx::allocator::malloc(out.nbytes()));
+  allocate(out, name());
   const Conv3x3Params p = params(inputs);
   const auto plan = cpu::plan_conv3x3(p, cpu_dtype(out), cpu::default_threads());
   mx::array scratch = scratch_array(plan.scratch_floats());
@@ -141,7 +151,7 @@ std::vector<mx::Shape> FusedConv3x3::output_shapes(const std::vector<mx::array>&
 void Linear::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
   const mx::array& x = inputs[0];
   const mx::array& w = inputs[1];
-  out.set_data(mx::allocator::malloc(out.nbytes()));
+  allocate(out, name());
   const int m = x.shape(0), k = x.shape(1), n = w.shape(0);
   const auto plan = cpu::plan_linear(m, k, n, cpu_dtype(out), cpu::default_threads());
   mx::array scratch = scratch_array(plan.scratch_floats());
@@ -173,7 +183,7 @@ std::vector<mx::Shape> Linear::output_shapes(const std::vector<mx::array>& input
 void Attention::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
   const mx::array& q = inputs[0];
   const mx::array& k = inputs[1];
-  out.set_data(mx::allocator::malloc(out.nbytes()));
+  allocate(out, name());
   const cpu::AttentionJob job{q.shape(0), q.shape(1), k.shape(1), q.shape(2), scale_,
                               q.data<void>(), k.data<void>(), inputs[2].data<void>(), out.data<void>()};
   const auto plan = cpu::plan_attention(job.batch, job.tq, job.c, cpu_dtype(out), cpu::default_threads());

@@ -2,12 +2,31 @@
 // each eval_* picks its backend's plan and dispatches, nothing else.
 #pragma once
 
+#include <new>
+#include <string>
+
 #include "mlx/primitives.h"
 #include "params.h"
 
 namespace fusedconv {
 
 namespace mx = mlx::core;
+
+// Out of memory in a primitive: a std::bad_alloc (so Python sees MemoryError) that names
+// the op and the bytes it asked for.
+class OutOfMemory : public std::bad_alloc {
+ public:
+  OutOfMemory(const char* op, size_t bytes);
+  const char* what() const noexcept override { return message_.c_str(); }
+
+ private:
+  std::string message_;
+};
+
+// Gives `a` a buffer of its own size from MLX's allocator (so mx.get_peak_memory counts
+// it), or throws OutOfMemory: MLX's allocator can return a null buffer, which every
+// primitive used to write through.
+void allocate(mx::array& a, const char* op);
 
 // inputs: x [N,H,W,C]; output: float32 [N,G,2] (mean, rstd).
 class GroupNormStats : public mx::UnaryPrimitive {

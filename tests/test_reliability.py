@@ -139,3 +139,51 @@ def test_bad_config_json_names_the_file(tmp_path, text, words):
     with pytest.raises(ValueError, match="config.json") as e:
         fusedconv.load_decoder(tmp_path)
     assert words in str(e.value)
+
+
+def test_a_decode_whose_floor_cannot_fit_fails_before_any_work():
+    """Was: a [1, 8192, 8192, 4] latent ran 72 s, then the OOM killer ended the process."""
+    import time
+
+    from fusedconv.config import PRESETS
+    from fusedconv.decoder import AutoencoderKLDecoder
+
+    dec = AutoencoderKLDecoder(PRESETS["sd1"])
+    t0 = time.perf_counter()
+    with pytest.raises(MemoryError, match=r"^z: decoding 1 image\(s\) of 65536x65536 needs at least"):
+        dec.decode(mx.zeros((1, 8192, 8192, 4)))
+    assert time.perf_counter() - t0 < 5
+
+
+def test_the_memory_error_names_the_plans_that_fit():
+    from fusedconv.config import PRESETS
+    from fusedconv.decoder import AutoencoderKLDecoder
+    from fusedconv.memory import peak_live_elements
+
+    dec = AutoencoderKLDecoder(PRESETS["sd1"])  # float32 weights
+    per_image = 4 * peak_live_elements(PRESETS["sd1"], 1024, 1024, 1)
+    old = mx.set_memory_limit(mx.get_active_memory() + int(1.5 * per_image))
+    try:
+        with pytest.raises(MemoryError, match="one image at a time") as e:
+            dec.decode(mx.zeros((4, 128, 128, 4)))
+        assert "bfloat16" not in str(e.value)  # half of four images' floor still does not fit
+        with pytest.raises(MemoryError, match="bfloat16"):  # 1280^2 needs 1.56x, in bf16 0.78x
+            dec.decode(mx.zeros((1, 160, 160, 4)))
+    finally:
+        mx.set_memory_limit(old)
+
+
+def test_out_of_memory_in_a_primitive_is_a_memory_error_naming_op_and_bytes():
+    """Was: a segfault writing through the null buffer MLX's allocator returned."""
+    res = run_python("""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+        import mlx.core as mx, fusedconv
+        try:
+            mx.eval(fusedconv.conv3x3(mx.zeros((1, 4096, 4096, 64), mx.bfloat16),
+                                      mx.zeros((256, 3, 3, 64), mx.bfloat16), upsample=2))
+        except MemoryError as e:
+            print("MemoryError:", e)
+    """)
+    assert res.returncode == 0, res.stderr
+    assert "MemoryError: fusedconv.FusedConv3x3: out of memory allocating 34359738368 bytes" in res.stdout

@@ -63,12 +63,12 @@ void dispatch(mx::metal::CommandEncoder& enc, const mp::KernelPlan& plan) {
 
 void GroupNormStats::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
   const mx::array& x = inputs[0];
-  out.set_data(mx::allocator::malloc(out.nbytes()));
+  allocate(out, name());
   const GroupNormStatsParams p{x.shape(0), x.shape(3), groups_, eps_, fc_int64(x.shape(1)) * x.shape(2)};
   const GroupNormSlices slices = mp::group_norm_slices(p);
   // The slices' moments: at most kStatsMaxSlices x 3 floats per (image, group).
   mx::array partials({int(mp::group_norm_partials_floats(p, slices))}, mx::float32, nullptr, {});
-  partials.set_data(mx::allocator::malloc(partials.nbytes()));
+  allocate(partials, name());
 
   const mp::KernelPlan partial = mp::plan_group_norm_partial(p, slices, kernel_dtype(x));
   auto& enc = begin(stream(), partial);
@@ -89,7 +89,7 @@ void GroupNormStats::eval_gpu(const std::vector<mx::array>& inputs, mx::array& o
 }
 
 void FusedConv3x3::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
-  out.set_data(mx::allocator::malloc(out.nbytes()));
+  allocate(out, name());
   const Conv3x3Params p = params(inputs);
   const mp::KernelPlan plan = mp::plan_conv3x3(p, kernel_dtype(out));
   auto& enc = begin(stream(), plan);

@@ -15,6 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .config import VAEConfig
+from .memory import peak_live_elements
 from .nn import Conv3x3, GroupNorm
 from .ops import attention, linear
 
@@ -220,9 +221,31 @@ class AutoencoderKLDecoder(nn.Module):
     def stages(self):
         return self.decoder.stages(self.fused, self.attention_scores_budget)
 
+    def check_memory(self, z: mx.array) -> None:
+        """Refuses a decode whose analytic floor (the activations that must coexist; the
+        weights are already loaded) exceeds what MLX may still allocate, before any work,
+        and names the smaller plans that would fit."""
+        n, h, w, _ = z.shape
+        f = self.config.upsample_factor
+        itemsize = self.decoder.conv_in.weight.itemsize
+        need = itemsize * peak_live_elements(self.config, h * f, w * f, n)
+        free = mx.get_memory_limit() - mx.get_active_memory()
+        if need <= free:
+            return
+        plans = []
+        if n > 1 and need // n <= free:
+            plans.append("decode one image at a time")
+        if itemsize == 4 and need // 2 <= free:
+            plans.append("load the decoder in bfloat16 (dtype=mx.bfloat16)")
+        hint = f"; would fit: {' or '.join(plans)}" if plans else ""
+        raise MemoryError(f"z: decoding {n} image(s) of {h * f}x{w * f} needs at least {need / 2**30:.2f} GiB of "
+                          f"activations, more than the {max(free, 0) / 2**30:.2f} GiB MLX may still allocate "
+                          f"(mx.get_memory_limit() minus active memory){hint}")
+
     def decode(self, z: mx.array, on_stage: Optional[Callable[[str], None]] = None) -> mx.array:
         """Decodes stage by stage, evaluating each (bounds the lazy graph, reports progress)."""
         self._check_latent(z)
+        self.check_memory(z)
         h = z.astype(self.decoder.conv_in.weight.dtype)
         if "post_quant_conv" in self:
             h = _conv1x1(self.post_quant_conv, h) if self.fused else self.post_quant_conv(h)
