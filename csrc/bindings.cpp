@@ -8,8 +8,11 @@
 #include "cpu/isa.h"
 #include "mlx/version.h"
 #include "ops.h"
+#include "primitives.h"
+#include "reference.h"
 
 namespace nb = nanobind;
+namespace mx = mlx::core;
 using namespace nb::literals;
 
 NB_MODULE(_ext, m) {
@@ -28,6 +31,21 @@ NB_MODULE(_ext, m) {
         "stream"_a = nb::none());
   m.def("attention", &fusedconv::attention, "q"_a, "k"_a, "v"_a, "scale"_a, nb::kw_only(),
         "stream"_a = nb::none());
+  m.def("has_kernel",
+        [](const std::string& op, mx::StreamOrDevice s) {
+          using fusedconv::Op;
+          const std::pair<const char*, Op> ops[] = {{"group_norm_stats", Op::group_norm_stats},
+                                                    {"conv3x3", Op::conv3x3}, {"linear", Op::linear},
+                                                    {"attention", Op::attention}};
+          for (const auto& [name, value] : ops)
+            if (op == name) return fusedconv::has_kernel(mx::to_stream(s), value);
+          throw std::invalid_argument("op: unknown op " + op);
+        },
+        "op"_a, "stream"_a = nb::none(),
+        "Whether the stream's backend has a kernel for the op (else the op runs as its reference composition).");
+  m.attr("ATTENTION_SCORES_BUDGET") = fusedconv::reference::kAttentionScoresBudget;
+  m.def("attention_query_rows", &fusedconv::reference::attention_query_rows, "batch"_a, "keys"_a, "itemsize"_a,
+        "budget"_a, "Query rows per chunk of the attention composition within `budget` bytes of scores.");
   m.def("cpu_isa", [] { return std::string(fusedconv::cpu::isa_name(fusedconv::cpu::active_isa())); },
         "Instruction set the CPU kernels use now (FUSEDCONV_CPU_ISA=<name> forces one this CPU supports).");
   m.def("cpu_isas", [] { return fusedconv::cpu::available_isas(); },

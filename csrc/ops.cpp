@@ -6,6 +6,7 @@
 
 #include "mlx/ops.h"
 #include "primitives.h"
+#include "reference.h"
 
 namespace fusedconv {
 
@@ -73,8 +74,12 @@ mx::array group_norm_stats(const mx::array& x, int groups, float eps, mx::Stream
   check_groups(groups, x.shape(3));
   if (!(eps >= 0.0f) || !std::isfinite(eps)) fail("eps: must be finite and >= 0");
   const mx::Stream stream = mx::to_stream(s);
+  if (!has_kernel(stream, Op::group_norm_stats)) return reference::group_norm_stats(x, groups, eps, stream);
+  const Fallback fallback = [groups, eps, stream](const std::vector<mx::array>& in) {
+    return std::vector<mx::array>{reference::group_norm_stats(in[0], groups, eps, stream)};
+  };
   return mx::array({x.shape(0), groups, 2}, mx::float32,
-                   std::make_shared<GroupNormStats>(stream, groups, eps),
+                   std::make_shared<GroupNormStats>(stream, fallback, groups, eps),
                    {mx::contiguous(x, false, stream)});
 }
 
@@ -106,10 +111,7 @@ mx::array conv3x3(const mx::array& x, const mx::array& weight,
 
   const mx::Stream stream = mx::to_stream(s);
   auto in = [&](const mx::array& a) { return mx::contiguous(a, false, stream); };
-  std::vector<mx::array> inputs{in(x), in(weight)};
-  Conv3x3Options opts;
-  opts.silu = silu;
-  opts.upsample = upsample;
+  Conv3x3Inputs inputs{in(x), in(weight)};
 
   const bool any_norm = stats || gamma || beta;
   if (any_norm) {
@@ -128,21 +130,18 @@ mx::array conv3x3(const mx::array& x, const mx::array& weight,
     check_shape("norm beta", *beta, {c}, "(one per channel of x)");
     check_dtype("norm gamma", *gamma, x.dtype(), "x");
     check_dtype("norm beta", *beta, x.dtype(), "x");
-    opts.groups = groups;
-    inputs.insert(inputs.end(), {in(*stats), in(*gamma), in(*beta)});
+    inputs.stats = in(*stats), inputs.gamma = in(*gamma), inputs.beta = in(*beta);
   }
   if (bias) {
     check_shape("bias", *bias, {o}, "(one per output channel)");
     check_dtype("bias", *bias, x.dtype(), "x");
-    opts.has_bias = true;
-    inputs.push_back(in(*bias));
+    inputs.bias = in(*bias);
   }
   const mx::Shape out_shape{n, x.shape(1) * upsample, x.shape(2) * upsample, o};
   if (residual) {
     check_shape("residual", *residual, out_shape, "(the output's shape)");
     check_dtype("residual", *residual, x.dtype(), "x");
-    opts.has_residual = true;
-    inputs.push_back(in(*residual));
+    inputs.residual = in(*residual);
   }
   if (shortcut_x || shortcut_weight || shortcut_bias) {
     if (!(shortcut_x && shortcut_weight)) fail("shortcut: expected (x, weight, bias), x and weight arrays");
@@ -157,17 +156,19 @@ mx::array conv3x3(const mx::array& x, const mx::array& weight,
                 "(the mlx.nn.Conv2d layout of a 1x1 conv from Cs to O channels)");
     check_dtype("shortcut x", sx, x.dtype(), "x");
     check_dtype("shortcut weight", *shortcut_weight, x.dtype(), "x");
-    opts.has_shortcut = true;
-    inputs.insert(inputs.end(), {in(sx), in(*shortcut_weight)});
+    inputs.shortcut_x = in(sx), inputs.shortcut_w = in(*shortcut_weight);
     if (shortcut_bias) {
       check_shape("shortcut bias", *shortcut_bias, {o}, "(one per output channel)");
       check_dtype("shortcut bias", *shortcut_bias, x.dtype(), "x");
-      opts.has_shortcut_bias = true;
-      inputs.push_back(in(*shortcut_bias));
+      inputs.shortcut_bias = in(*shortcut_bias);
     }
   }
-  return mx::array(out_shape, x.dtype(), std::make_shared<FusedConv3x3>(stream, opts),
-                   std::move(inputs));
+  const Conv3x3Options opts = inputs.options(silu, upsample);
+  if (!has_kernel(stream, Op::conv3x3)) return reference::conv3x3(inputs, opts, stream);
+  const Fallback fallback = [opts, stream](const std::vector<mx::array>& in) {
+    return std::vector<mx::array>{reference::conv3x3(Conv3x3Inputs::unpack(in, opts), opts, stream)};
+  };
+  return mx::array(out_shape, x.dtype(), std::make_shared<FusedConv3x3>(stream, fallback, opts), inputs.pack());
 }
 
 mx::array linear(const mx::array& x, const mx::array& weight, const std::optional<mx::array>& bias,
@@ -181,19 +182,22 @@ mx::array linear(const mx::array& x, const mx::array& weight, const std::optiona
   }
   check_dtype("weight", weight, x.dtype(), "x");
   const int n = weight.shape(0);
-  const mx::Stream stream = mx::to_stream(s);
-  auto in = [&](const mx::array& a) { return mx::contiguous(a, false, stream); };
-  std::vector<mx::array> inputs{in(mx::reshape(x, {-1, k}, stream)), in(weight)};
   if (bias) {
     check_shape("bias", *bias, {n}, "(one per output feature)");
     check_dtype("bias", *bias, x.dtype(), "x");
-    inputs.push_back(in(*bias));
   }
-  const int m = inputs[0].shape(0);
-  mx::array y(mx::Shape{m, n}, x.dtype(), std::make_shared<Linear>(stream, bool(bias)), std::move(inputs));
+  const mx::Stream stream = mx::to_stream(s);
+  if (!has_kernel(stream, Op::linear)) return reference::linear(x, weight, bias, stream);
+  auto in = [&](const mx::array& a) { return mx::contiguous(a, false, stream); };
+  std::vector<mx::array> inputs{in(x), in(weight)};
+  if (bias) inputs.push_back(in(*bias));
+  const Fallback fallback = [stream](const std::vector<mx::array>& in) {
+    return std::vector<mx::array>{
+        reference::linear(in[0], in[1], in.size() > 2 ? std::optional<mx::array>(in[2]) : std::nullopt, stream)};
+  };
   mx::Shape out_shape = x.shape();
   out_shape.back() = n;
-  return mx::reshape(y, out_shape, stream);
+  return mx::array(out_shape, x.dtype(), std::make_shared<Linear>(stream, fallback, bool(bias)), std::move(inputs));
 }
 
 mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
@@ -216,8 +220,13 @@ mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, 
   check_dtype("v", v, q.dtype(), "q");
   if (!std::isfinite(scale)) fail("scale: must be finite");
   const mx::Stream stream = mx::to_stream(s);
+  if (!has_kernel(stream, Op::attention)) return reference::attention(q, k, v, scale, stream);
   auto in = [&](const mx::array& a) { return mx::contiguous(a, false, stream); };
-  return mx::array(q.shape(), q.dtype(), std::make_shared<Attention>(stream, scale), {in(q), in(k), in(v)});
+  const Fallback fallback = [scale, stream](const std::vector<mx::array>& in) {
+    return std::vector<mx::array>{reference::attention(in[0], in[1], in[2], scale, stream)};
+  };
+  return mx::array(q.shape(), q.dtype(), std::make_shared<Attention>(stream, fallback, scale),
+                   {in(q), in(k), in(v)});
 }
 
 }  // namespace fusedconv

@@ -1,14 +1,10 @@
+// What every backend shares: shapes, equivalence, the input order, allocation, and the
+// transforms (from the reference composition, as mlx/fast.cpp's Custom does).
 #include "primitives.h"
 
-#include <stdexcept>
-
-#include "cpu/attention.h"
-#include "cpu/conv3x3.h"
-#include "cpu/linear.h"
-#include "cpu/group_norm_stats.h"
-#include "cpu/parallel.h"
 #include "mlx/allocator.h"
-#include "mlx/backend/cpu/encoder.h"
+#include "mlx/ops.h"
+#include "mlx/transforms.h"
 
 namespace fusedconv {
 
@@ -22,56 +18,82 @@ void allocate(mx::array& a, const char* op) {
   a.set_data(std::move(data));
 }
 
+// ---- transforms from the composition ----------------------------------------------
+
 namespace {
 
-cpu::DType cpu_dtype(const mx::array& a) {
-  switch (a.dtype()) {
-    case mx::float32: return cpu::DType::f32;
-    case mx::float16: return cpu::DType::f16;
-    case mx::bfloat16: return cpu::DType::bf16;
-    default: throw std::invalid_argument("fusedconv: unsupported dtype reached a kernel");
+// The tangents of every input: the given ones at argnums, zeros elsewhere.
+std::vector<mx::array> all_tangents(const std::vector<mx::array>& primals, const std::vector<mx::array>& tangents,
+                                    const std::vector<int>& argnums) {
+  std::vector<mx::array> all;
+  for (int i = 0, j = 0; i < int(primals.size()); ++i) {
+    if (j < int(argnums.size()) && argnums[j] == i) {
+      all.push_back(tangents[j++]);
+    } else {
+      all.push_back(mx::zeros_like(primals[i]));
+    }
+  }
+  return all;
+}
+
+// Moves the mapped axis of each of `inputs` at `indices` to the front (broadcasting an
+// unmapped one to `size`) and folds it into the batch axis, as row-contiguous arrays.
+void fold_into_batch(std::vector<mx::array>& inputs, const std::vector<int>& axes, const std::vector<int>& indices,
+                     int size, const mx::Stream& s) {
+  for (int i : indices) {
+    mx::array a = inputs[i];
+    if (axes[i] < 0) {
+      mx::Shape shape = a.shape();
+      shape.insert(shape.begin(), size);
+      a = mx::broadcast_to(mx::expand_dims(a, 0, s), shape, s);
+    } else {
+      a = mx::moveaxis(a, axes[i], 0, s);
+    }
+    mx::Shape folded(a.shape().begin() + 1, a.shape().end());
+    folded[0] *= size;
+    inputs[i] = mx::contiguous(mx::reshape(a, folded, s), false, s);
   }
 }
 
-// Scratch lives in MLX's allocator so that mx.get_peak_memory() sees it; the
-// encoder keeps it alive until the dispatched task has run.
-mx::array scratch_array(size_t floats) {
-  mx::array s({int(std::max<size_t>(floats, 1))}, mx::float32, nullptr, {});
-  allocate(s, "scratch");
-  return s;
+mx::array unfold_batch(const mx::array& out, int size, const mx::Stream& s) {
+  mx::Shape shape = out.shape();
+  shape[0] /= size;
+  shape.insert(shape.begin(), size);
+  return mx::reshape(out, shape, s);
 }
 
-#if !defined(FUSEDCONV_METAL)
-[[noreturn]] void no_gpu(const char* op) {
-  throw std::runtime_error(std::string("fusedconv.") + op +
-                           ": this build has no GPU backend for this MLX (Metal kernels are built "
-                           "only against MLX with Metal). Run it on the CPU stream: stream=mx.cpu.");
+int mapped_size(const std::vector<mx::array>& inputs, const std::vector<int>& axes) {
+  for (size_t i = 0; i < inputs.size(); ++i)
+    if (axes[i] >= 0) return inputs[i].shape(axes[i]);
+  return 1;
 }
-#endif
 
 }  // namespace
 
-// ---- GroupNormStats ----------------------------------------------------------
-
-void GroupNormStats::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
-  const mx::array& x = inputs[0];
-  allocate(out, name());
-  const GroupNormStatsParams p{x.shape(0), x.shape(3), groups_, eps_, fc_int64(x.shape(1)) * x.shape(2)};
-  const auto plan = cpu::plan_group_norm_stats(p, cpu::default_threads());
-  mx::array scratch = scratch_array(plan.scratch_floats);
-  auto& enc = mx::cpu::get_command_encoder(stream());
-  enc.set_input_array(x);
-  enc.set_output_array(out);
-  enc.dispatch([p, plan, dt = cpu_dtype(x), xp = x.data<void>(), op = out.data<float>(),
-                sp = scratch.data<float>()] { cpu::group_norm_stats(p, dt, xp, op, plan, sp); });
-  enc.add_temporary(std::move(scratch));
+std::vector<mx::array> FusedPrimitive::vjp(const std::vector<mx::array>& primals,
+                                           const std::vector<mx::array>& cotangents,
+                                           const std::vector<int>& argnums, const std::vector<mx::array>&) {
+  const std::vector<mx::array> all = mx::vjp(fallback_, primals, cotangents).second;
+  std::vector<mx::array> out;
+  for (int i : argnums) out.push_back(all[i]);
+  return out;
 }
 
-#if !defined(FUSEDCONV_METAL)
-void GroupNormStats::eval_gpu(const std::vector<mx::array>&, mx::array&) {
-  no_gpu("group_norm_stats");
+std::vector<mx::array> FusedPrimitive::jvp(const std::vector<mx::array>& primals,
+                                           const std::vector<mx::array>& tangents, const std::vector<int>& argnums) {
+  return mx::jvp(fallback_, primals, all_tangents(primals, tangents, argnums)).second;
 }
-#endif
+
+std::pair<std::vector<mx::array>, std::vector<int>> FusedPrimitive::vmap(const std::vector<mx::array>& inputs,
+                                                                         const std::vector<int>& axes) {
+  return {mx::vmap(fallback_, axes)(inputs), {0}};
+}
+
+// ---- GroupNormStats ------------------------------------------------------------------
+
+GroupNormStatsParams GroupNormStats::params(const mx::array& x) const {
+  return GroupNormStatsParams{x.shape(0), x.shape(3), groups_, eps_, fc_int64(x.shape(1)) * x.shape(2)};
+}
 
 bool GroupNormStats::is_equivalent(const mx::Primitive& other) const {
   const auto& o = static_cast<const GroupNormStats&>(other);
@@ -82,60 +104,75 @@ std::vector<mx::Shape> GroupNormStats::output_shapes(const std::vector<mx::array
   return {{inputs[0].shape(0), groups_, 2}};
 }
 
-// ---- FusedConv3x3 ------------------------------------------------------------
+// Images of every map are images of one batch: the op itself on the folded batch.
+std::pair<std::vector<mx::array>, std::vector<int>> GroupNormStats::vmap(const std::vector<mx::array>& inputs,
+                                                                         const std::vector<int>& axes) {
+  const int size = mapped_size(inputs, axes);
+  std::vector<mx::array> in = inputs;
+  fold_into_batch(in, axes, {0}, size, stream());
+  mx::array out({in[0].shape(0), groups_, 2}, mx::float32,
+                std::make_shared<GroupNormStats>(stream(), fallback_, groups_, eps_), in);
+  return {{unfold_batch(out, size, stream())}, {0}};
+}
+
+// ---- FusedConv3x3 --------------------------------------------------------------------
+
+Conv3x3Slots Conv3x3Slots::of(const Conv3x3Options& o) {
+  Conv3x3Slots s;
+  int next = 2;
+  if (o.groups) s.stats = next++, s.gamma = next++, s.beta = next++;
+  if (o.has_bias) s.bias = next++;
+  if (o.has_residual) s.residual = next++;
+  if (o.has_shortcut) {
+    s.shortcut_x = next++, s.shortcut_w = next++;
+    if (o.has_shortcut_bias) s.shortcut_bias = next++;
+  }
+  s.count = next;
+  return s;
+}
+
+std::vector<int> Conv3x3Slots::per_image() const {
+  std::vector<int> out;
+  for (int i : {x, stats, residual, shortcut_x})
+    if (i >= 0) out.push_back(i);
+  return out;
+}
+
+Conv3x3Options Conv3x3Inputs::options(bool silu, int upsample) const {
+  Conv3x3Options o;
+  o.groups = stats ? stats->shape(1) : 0;
+  o.silu = silu;
+  o.upsample = upsample;
+  o.has_bias = bias.has_value();
+  o.has_residual = residual.has_value();
+  o.has_shortcut = shortcut_x.has_value();
+  o.has_shortcut_bias = shortcut_bias.has_value();
+  return o;
+}
+
+std::vector<mx::array> Conv3x3Inputs::pack() const {
+  std::vector<mx::array> out{x, weight};
+  for (const auto* a : {&stats, &gamma, &beta, &bias, &residual, &shortcut_x, &shortcut_w, &shortcut_bias})
+    if (*a) out.push_back(**a);
+  return out;
+}
+
+Conv3x3Inputs Conv3x3Inputs::unpack(const std::vector<mx::array>& in, const Conv3x3Options& opts) {
+  const Conv3x3Slots s = Conv3x3Slots::of(opts);
+  auto at = [&](int i) { return i >= 0 ? std::optional<mx::array>(in[i]) : std::nullopt; };
+  return Conv3x3Inputs{in[s.x], in[s.weight], at(s.stats), at(s.gamma), at(s.beta), at(s.bias),
+                       at(s.residual), at(s.shortcut_x), at(s.shortcut_w), at(s.shortcut_bias)};
+}
 
 Conv3x3Params FusedConv3x3::params(const std::vector<mx::array>& inputs) const {
-  const mx::array& x = inputs[0];
-  const mx::array& w = inputs[1];
+  const Conv3x3Slots s = Conv3x3Slots::of(opts_);
+  const mx::array& x = inputs[s.x];
   const int up = opts_.upsample;
-  const int shortcut_c = opts_.has_shortcut ? inputs[shortcut_index()].shape(3) : 0;
-  return Conv3x3Params{x.shape(0), x.shape(1), x.shape(2), x.shape(3),
-                       x.shape(1) * up, x.shape(2) * up, w.shape(0), opts_.groups, up,
-                       int(opts_.silu), int(opts_.has_bias), int(opts_.has_residual),
-                       shortcut_c, int(opts_.has_shortcut_bias)};
+  return Conv3x3Params{x.shape(0), x.shape(1), x.shape(2), x.shape(3), x.shape(1) * up, x.shape(2) * up,
+                       inputs[s.weight].shape(0), opts_.groups, up, int(opts_.silu), int(opts_.has_bias),
+                       int(opts_.has_residual), s.shortcut_x >= 0 ? inputs[s.shortcut_x].shape(3) : 0,
+                       int(opts_.has_shortcut_bias)};
 }
-
-size_t FusedConv3x3::shortcut_index() const {
-  return 2 + (opts_.groups ? 3 : 0) + (opts_.has_bias ? 1 : 0);
-}
-
-void FusedConv3x3::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
-  allocate(out, name());
-  const Conv3x3Params p = params(inputs);
-  const auto plan = cpu::plan_conv3x3(p, cpu_dtype(out), cpu::default_threads());
-  mx::array scratch = scratch_array(plan.scratch_floats());
-
-  auto& enc = mx::cpu::get_command_encoder(stream());
-  for (const auto& a : inputs) enc.set_input_array(a);
-  enc.set_output_array(out);
-
-  cpu::Conv3x3Buffers b{};
-  b.x = inputs[0].data<void>();
-  b.weight = inputs[1].data<void>();
-  b.out = out.data<void>();
-  size_t i = 2;
-  if (opts_.groups) {
-    b.stats = inputs[i++].data<float>();
-    b.gamma = inputs[i++].data<void>();
-    b.beta = inputs[i++].data<void>();
-  }
-  if (opts_.has_bias) b.bias = inputs[i++].data<void>();
-  if (opts_.has_residual) b.residual = inputs[i++].data<void>();
-  if (opts_.has_shortcut) {
-    b.shortcut_x = inputs[i++].data<void>();
-    b.shortcut_w = inputs[i++].data<void>();
-    if (opts_.has_shortcut_bias) b.shortcut_bias = inputs[i++].data<void>();
-  }
-
-  enc.dispatch([p, plan, b, dt = cpu_dtype(out), sp = scratch.data<float>()] {
-    cpu::conv3x3(p, dt, b, plan, sp);
-  });
-  enc.add_temporary(std::move(scratch));
-}
-
-#if !defined(FUSEDCONV_METAL)
-void FusedConv3x3::eval_gpu(const std::vector<mx::array>&, mx::array&) { no_gpu("conv3x3"); }
-#endif
 
 bool FusedConv3x3::is_equivalent(const mx::Primitive& other) const {
   return opts_ == static_cast<const FusedConv3x3&>(other).opts_;
@@ -146,60 +183,46 @@ std::vector<mx::Shape> FusedConv3x3::output_shapes(const std::vector<mx::array>&
   return {{p.n, p.ho, p.wo, p.o}};
 }
 
-// ---- Linear ------------------------------------------------------------------
-
-void Linear::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
-  const mx::array& x = inputs[0];
-  const mx::array& w = inputs[1];
-  allocate(out, name());
-  const int m = x.shape(0), k = x.shape(1), n = w.shape(0);
-  const auto plan = cpu::plan_linear(m, k, n, cpu_dtype(out), cpu::default_threads());
-  mx::array scratch = scratch_array(plan.scratch_floats());
-  auto& enc = mx::cpu::get_command_encoder(stream());
-  for (const auto& a : inputs) enc.set_input_array(a);
-  enc.set_output_array(out);
-  const cpu::LinearJob job{m, k, n, x.data<void>(), has_bias_ ? inputs[2].data<void>() : nullptr,
-                           out.data<void>(), nullptr};
-  enc.dispatch([job, plan, dt = cpu_dtype(out), wp = w.data<void>(), sp = scratch.data<float>()] {
-    cpu::linear(job, dt, wp, plan, sp);
-  });
-  enc.add_temporary(std::move(scratch));
+// MLX's Convolution has no jvp. The composition is linear in the cotangent of its vjp,
+// so J t is the vjp of u -> J^T u at cotangent t (both through Convolution's vjp).
+std::vector<mx::array> FusedConv3x3::jvp(const std::vector<mx::array>& primals,
+                                         const std::vector<mx::array>& tangents, const std::vector<int>& argnums) {
+  const Fallback transpose_map = [this, &primals](const std::vector<mx::array>& u) {
+    return mx::vjp(fallback_, primals, u).second;
+  };
+  const mx::array u0 = mx::zeros(output_shapes(primals)[0], primals[0].dtype(), stream());
+  return mx::vjp(transpose_map, {u0}, all_tangents(primals, tangents, argnums)).second;
 }
 
-#if !defined(FUSEDCONV_METAL)
-void Linear::eval_gpu(const std::vector<mx::array>&, mx::array&) { no_gpu("linear"); }
-#endif
+// Mapped images fold into the batch when every per-channel input (weights, norm affine,
+// biases) is shared; otherwise the composition's vmap.
+std::pair<std::vector<mx::array>, std::vector<int>> FusedConv3x3::vmap(const std::vector<mx::array>& inputs,
+                                                                       const std::vector<int>& axes) {
+  const Conv3x3Slots slots = Conv3x3Slots::of(opts_);
+  const std::vector<int> per_image = slots.per_image();
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (axes[i] >= 0 && std::find(per_image.begin(), per_image.end(), int(i)) == per_image.end()) {
+      return FusedPrimitive::vmap(inputs, axes);
+    }
+  }
+  const int size = mapped_size(inputs, axes);
+  std::vector<mx::array> in = inputs;
+  fold_into_batch(in, axes, per_image, size, stream());
+  mx::array out(output_shapes(in)[0], in[0].dtype(), std::make_shared<FusedConv3x3>(stream(), fallback_, opts_), in);
+  return {{unfold_batch(out, size, stream())}, {0}};
+}
+
+// ---- Linear, Attention -------------------------------------------------------------
 
 bool Linear::is_equivalent(const mx::Primitive& other) const {
   return has_bias_ == static_cast<const Linear&>(other).has_bias_;
 }
 
 std::vector<mx::Shape> Linear::output_shapes(const std::vector<mx::array>& inputs) {
-  return {{inputs[0].shape(0), inputs[1].shape(0)}};
+  mx::Shape shape = inputs[0].shape();
+  shape.back() = inputs[1].shape(0);
+  return {shape};
 }
-
-// ---- Attention ---------------------------------------------------------------
-
-void Attention::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
-  const mx::array& q = inputs[0];
-  const mx::array& k = inputs[1];
-  allocate(out, name());
-  const cpu::AttentionJob job{q.shape(0), q.shape(1), k.shape(1), q.shape(2), scale_,
-                              q.data<void>(), k.data<void>(), inputs[2].data<void>(), out.data<void>()};
-  const auto plan = cpu::plan_attention(job.batch, job.tq, job.c, cpu_dtype(out), cpu::default_threads());
-  mx::array scratch = scratch_array(plan.worker_floats * plan.threads);
-  auto& enc = mx::cpu::get_command_encoder(stream());
-  for (const auto& a : inputs) enc.set_input_array(a);
-  enc.set_output_array(out);
-  enc.dispatch([job, plan, dt = cpu_dtype(out), sp = scratch.data<float>()] {
-    cpu::attention(job, dt, plan, sp);
-  });
-  enc.add_temporary(std::move(scratch));
-}
-
-#if !defined(FUSEDCONV_METAL)
-void Attention::eval_gpu(const std::vector<mx::array>&, mx::array&) { no_gpu("attention"); }
-#endif
 
 bool Attention::is_equivalent(const mx::Primitive& other) const {
   return scale_ == static_cast<const Attention&>(other).scale_;

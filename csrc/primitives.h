@@ -1,8 +1,17 @@
-// The two MLX primitives. Graph construction and validation live in ops.cpp;
-// each eval_* picks its backend's plan and dispatches, nothing else.
+// The MLX primitives: GroupNormStats, FusedConv3x3, Linear, Attention. Graph
+// construction and validation live in ops.cpp; the shared parts (shapes,
+// equivalence, transforms) in primitives.cpp; each backend's eval_* in its own file
+// (cpu/primitives_cpu.cpp, metal/primitives_metal.cpp, no_gpu.cpp), picking a plan and
+// dispatching, nothing else.
+//
+// As MLX's fast ops (mlx/fast.cpp) do, every primitive carries its reference
+// composition (reference.h) as a fallback: vjp, jvp and vmap come from it, and ops.cpp
+// builds the composition itself on a stream whose backend has no kernel for the op.
 #pragma once
 
+#include <functional>
 #include <new>
+#include <optional>
 #include <string>
 
 #include "mlx/primitives.h"
@@ -11,6 +20,16 @@
 namespace fusedconv {
 
 namespace mx = mlx::core;
+
+enum class Op { group_norm_stats, conv3x3, linear, attention };
+
+// Whether the backend of `s` has a kernel for `op`: the CPU has all; a GPU what the
+// GPU backend this extension was built with provides (gpu_has_kernel, defined by that
+// backend's file).
+bool gpu_has_kernel(Op op);
+inline bool has_kernel(const mx::Stream& s, Op op) {
+  return s.device == mx::Device::cpu || gpu_has_kernel(op);
+}
 
 // Out of memory in a primitive: a std::bad_alloc (so Python sees MemoryError) that names
 // the op and the bytes it asked for.
@@ -28,24 +47,43 @@ class OutOfMemory : public std::bad_alloc {
 // primitive used to write through.
 void allocate(mx::array& a, const char* op);
 
-// inputs: x [N,H,W,C]; output: float32 [N,G,2] (mean, rstd).
-class GroupNormStats : public mx::UnaryPrimitive {
+using Fallback = std::function<std::vector<mx::array>(const std::vector<mx::array>&)>;
+
+// A primitive whose transforms come from its reference composition.
+class FusedPrimitive : public mx::UnaryPrimitive {
  public:
-  GroupNormStats(mx::Stream s, int groups, float eps)
-      : mx::UnaryPrimitive(s), groups_(groups), eps_(eps) {}
+  FusedPrimitive(mx::Stream s, Fallback fallback) : mx::UnaryPrimitive(s), fallback_(std::move(fallback)) {}
+  std::vector<mx::array> vjp(const std::vector<mx::array>& primals, const std::vector<mx::array>& cotangents,
+                             const std::vector<int>& argnums, const std::vector<mx::array>& outputs) override;
+  std::vector<mx::array> jvp(const std::vector<mx::array>& primals, const std::vector<mx::array>& tangents,
+                             const std::vector<int>& argnums) override;
+  std::pair<std::vector<mx::array>, std::vector<int>> vmap(const std::vector<mx::array>& inputs,
+                                                           const std::vector<int>& axes) override;
+
+ protected:
+  Fallback fallback_;
+};
+
+// inputs: x [N,H,W,C]; output: float32 [N,G,2] (mean, rstd).
+class GroupNormStats : public FusedPrimitive {
+ public:
+  GroupNormStats(mx::Stream s, Fallback f, int groups, float eps)
+      : FusedPrimitive(s, std::move(f)), groups_(groups), eps_(eps) {}
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
   void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) override;
   const char* name() const override { return "GroupNormStats"; }
   bool is_equivalent(const mx::Primitive& other) const override;
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+  std::pair<std::vector<mx::array>, std::vector<int>> vmap(const std::vector<mx::array>& inputs,
+                                                           const std::vector<int>& axes) override;
+  GroupNormStatsParams params(const mx::array& x) const;
 
  private:
   int groups_;
   float eps_;
 };
 
-// Which optional inputs a FusedConv3x3 node carries. Inputs are ordered
-// x, weight, [stats, gamma, beta], [bias], [residual | shortcut_x, shortcut_w, [shortcut_b]].
+// Which optional inputs a FusedConv3x3 node carries.
 struct Conv3x3Options {
   int groups = 0;  // > 0: normalise on load with (stats, gamma, beta)
   bool silu = false;
@@ -57,25 +95,50 @@ struct Conv3x3Options {
   bool operator==(const Conv3x3Options&) const = default;
 };
 
-class FusedConv3x3 : public mx::UnaryPrimitive {
+// The one definition of a FusedConv3x3 node's input order: x, weight, [stats, gamma,
+// beta], [bias], [residual | shortcut_x, shortcut_w, [shortcut_bias]]. The index of each
+// input in the node (-1: absent); ops.cpp packs by it, every backend and the fallback
+// unpack by it.
+struct Conv3x3Slots {
+  int x = 0, weight = 1, stats = -1, gamma = -1, beta = -1, bias = -1, residual = -1, shortcut_x = -1,
+      shortcut_w = -1, shortcut_bias = -1, count = 2;
+  static Conv3x3Slots of(const Conv3x3Options& opts);
+  // The inputs that hold one entry per image (their first axis is the batch).
+  std::vector<int> per_image() const;
+};
+
+struct Conv3x3Inputs {
+  mx::array x, weight;
+  std::optional<mx::array> stats, gamma, beta, bias, residual, shortcut_x, shortcut_w, shortcut_bias;
+
+  Conv3x3Options options(bool silu, int upsample) const;
+  std::vector<mx::array> pack() const;
+  static Conv3x3Inputs unpack(const std::vector<mx::array>& inputs, const Conv3x3Options& opts);
+};
+
+class FusedConv3x3 : public FusedPrimitive {
  public:
-  FusedConv3x3(mx::Stream s, Conv3x3Options opts) : mx::UnaryPrimitive(s), opts_(opts) {}
+  FusedConv3x3(mx::Stream s, Fallback f, Conv3x3Options opts) : FusedPrimitive(s, std::move(f)), opts_(opts) {}
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
   void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) override;
   const char* name() const override { return "FusedConv3x3"; }
   bool is_equivalent(const mx::Primitive& other) const override;
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+  std::vector<mx::array> jvp(const std::vector<mx::array>& primals, const std::vector<mx::array>& tangents,
+                             const std::vector<int>& argnums) override;
+  std::pair<std::vector<mx::array>, std::vector<int>> vmap(const std::vector<mx::array>& inputs,
+                                                           const std::vector<int>& axes) override;
+  Conv3x3Params params(const std::vector<mx::array>& inputs) const;
+  const Conv3x3Options& options() const { return opts_; }
 
  private:
-  Conv3x3Params params(const std::vector<mx::array>& inputs) const;
-  size_t shortcut_index() const;
   Conv3x3Options opts_;
 };
 
-// inputs: x [M,K], weight [N,K], [bias [N]]; output [M,N] = x W^T + b.
-class Linear : public mx::UnaryPrimitive {
+// inputs: x [..., K], weight [N,K], [bias [N]]; output [..., N] = x W^T + b.
+class Linear : public FusedPrimitive {
  public:
-  Linear(mx::Stream s, bool has_bias) : mx::UnaryPrimitive(s), has_bias_(has_bias) {}
+  Linear(mx::Stream s, Fallback f, bool has_bias) : FusedPrimitive(s, std::move(f)), has_bias_(has_bias) {}
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
   void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) override;
   const char* name() const override { return "FusedConvLinear"; }
@@ -87,14 +150,15 @@ class Linear : public mx::UnaryPrimitive {
 };
 
 // inputs: q [B,Tq,C], k [B,Tk,C], v [B,Tk,C]; output [B,Tq,C] = softmax(q k^T * scale) v.
-class Attention : public mx::UnaryPrimitive {
+class Attention : public FusedPrimitive {
  public:
-  Attention(mx::Stream s, float scale) : mx::UnaryPrimitive(s), scale_(scale) {}
+  Attention(mx::Stream s, Fallback f, float scale) : FusedPrimitive(s, std::move(f)), scale_(scale) {}
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
   void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) override;
   const char* name() const override { return "FusedConvAttention"; }
   bool is_equivalent(const mx::Primitive& other) const override;
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+  float scale() const { return scale_; }
 
  private:
   float scale_;

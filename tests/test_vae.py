@@ -5,7 +5,7 @@ import gc
 import mlx.core as mx
 import pytest
 from fusedconv.config import PRESETS, VAEConfig
-from fusedconv.decoder import attention_query_chunk, chunked_attention
+from fusedconv import ops
 from fusedconv.memory import decoder_floor_bytes, decoder_parameter_count
 from fusedconv.vae import AutoencoderKLDecoder
 
@@ -32,16 +32,25 @@ def test_parameter_count_formula_matches_model(preset):
     assert decoder_parameter_count(PRESETS[preset]) == sum(v.size for _, v in tree_flatten(model.parameters()))
 
 
-def test_chunked_attention_matches_full_and_bounds_scores():
+@pytest.fixture
+def no_attention_kernel(monkeypatch):
+    """attention_bounded as on a backend without the attention kernel (a GPU): query chunks."""
+    monkeypatch.setattr(ops.ext, "has_kernel", lambda op, stream=None: False, raising=False)
+
+
+def test_chunked_attention_matches_full(no_attention_kernel):
     q, k, v = (mx.random.normal((2, 300, 32)) for _ in range(3))
     full = mx.fast.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], scale=0.2)[:, 0]
     budget = 2 * 300 * 40 * (2 * 4 + 4)  # 40 rows
-    assert attention_query_chunk(2, 300, 4, budget) == 40
-    got = chunked_attention(q, k, v, 0.2, budget)
+    assert ops.ext.attention_query_rows(2, 300, 4, budget) == 40
+    got = ops.attention_bounded(q, k, v, 0.2, budget)
     assert mx.allclose(got, full, atol=1e-5).item()
 
 
-def test_attention_peak_stays_under_full_score_matrix():
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "kernel"])
+def test_attention_peak_stays_under_full_score_matrix(request, chunked):
+    if chunked:
+        request.getfixturevalue("no_attention_kernel")
     tokens, c = 4096, 64
     q, k, v = (mx.random.normal((1, tokens, c)) for _ in range(3))
     mx.eval(q, k, v)
@@ -50,7 +59,7 @@ def test_attention_peak_stays_under_full_score_matrix():
     mx.clear_cache()
     mx.reset_peak_memory()
     base = mx.get_active_memory()
-    mx.eval(chunked_attention(q, k, v, 0.125, full_scores // 16))
+    mx.eval(ops.attention_bounded(q, k, v, 0.125, full_scores // 16))
     assert mx.get_peak_memory() - base < full_scores // 4
 
 

@@ -1,8 +1,8 @@
 // Metal backend of the primitives: the thin Metal API glue. Everything it launches
 // (kernel name, grid, threadgroup size, buffer order, params) comes from the
 // dispatch plans in metal/plan.h, which the CI emulator also launches through.
-// Compiled only against MLX built with Metal (macOS); never compiled or run in
-// this project's CI, which has no Mac.
+// Compiled only against MLX built with Metal (macOS); in this project's CI, which has
+// no Mac, only by the macOS build rehearsal (tests/test_macos_build.py), never run.
 #include <dlfcn.h>
 
 #include <filesystem>
@@ -53,18 +53,20 @@ void dispatch(mx::metal::CommandEncoder& enc, const mp::KernelPlan& plan) {
                             MTL::Size(plan.threads.x, plan.threads.y, plan.threads.z));
 }
 
-[[noreturn]] void cpu_only(const char* op) {
-  throw std::runtime_error(std::string("fusedconv.") + op +
-                           " has no Metal kernel: on the GPU use MLX's own matmul / attention "
-                           "(fusedconv.vae does), or run it on the CPU stream.");
+[[noreturn]] void unreachable(const char* op) {
+  throw std::logic_error(std::string("fusedconv.") + op +
+                         ": no Metal kernel; ops should have built the reference composition");
 }
 
 }  // namespace
 
+// linear and attention run as their compositions (MLX's matmul / softmax) on the GPU.
+bool gpu_has_kernel(Op op) { return op == Op::group_norm_stats || op == Op::conv3x3; }
+
 void GroupNormStats::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
   const mx::array& x = inputs[0];
   allocate(out, name());
-  const GroupNormStatsParams p{x.shape(0), x.shape(3), groups_, eps_, fc_int64(x.shape(1)) * x.shape(2)};
+  const GroupNormStatsParams p = params(x);
   const GroupNormSlices slices = mp::group_norm_slices(p);
   // The slices' moments: at most kStatsMaxSlices x 3 floats per (image, group).
   mx::array partials({int(mp::group_norm_partials_floats(p, slices))}, mx::float32, nullptr, {});
@@ -96,29 +98,20 @@ void FusedConv3x3::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out
 
   // Absent optional inputs are bound to x: the kernel reads a buffer only when its
   // flag in the params says it is present.
-  const mx::array& x = inputs[0];
-  for (int i = mp::kConvX; i < mp::kConvOut; ++i) enc.set_input_array(x, i);
-  enc.set_input_array(inputs[1], mp::kConvWeight);
-  size_t i = 2;
-  if (opts_.groups) {
-    enc.set_input_array(inputs[i++], mp::kConvStats);
-    enc.set_input_array(inputs[i++], mp::kConvGamma);
-    enc.set_input_array(inputs[i++], mp::kConvBeta);
-  }
-  if (opts_.has_bias) enc.set_input_array(inputs[i++], mp::kConvBias);
-  if (opts_.has_residual) enc.set_input_array(inputs[i++], mp::kConvResidual);
-  if (opts_.has_shortcut) {
-    enc.set_input_array(inputs[i++], mp::kConvShortcutX);
-    enc.set_input_array(inputs[i++], mp::kConvShortcutW);
-    if (opts_.has_shortcut_bias) enc.set_input_array(inputs[i++], mp::kConvShortcutBias);
-  }
+  const Conv3x3Slots slot = Conv3x3Slots::of(options());
+  const std::pair<int, int> bindings[] = {
+      {slot.x, mp::kConvX}, {slot.weight, mp::kConvWeight}, {slot.stats, mp::kConvStats},
+      {slot.gamma, mp::kConvGamma}, {slot.beta, mp::kConvBeta}, {slot.bias, mp::kConvBias},
+      {slot.residual, mp::kConvResidual}, {slot.shortcut_x, mp::kConvShortcutX},
+      {slot.shortcut_w, mp::kConvShortcutW}, {slot.shortcut_bias, mp::kConvShortcutBias}};
+  for (const auto& [input, buffer] : bindings) enc.set_input_array(inputs[input >= 0 ? input : slot.x], buffer);
   enc.set_output_array(out, mp::kConvOut);
   enc.set_bytes(p, mp::kConvParams);
   dispatch(enc, plan);
 }
 
-void Linear::eval_gpu(const std::vector<mx::array>&, mx::array&) { cpu_only("linear"); }
+void Linear::eval_gpu(const std::vector<mx::array>&, mx::array&) { unreachable(name()); }
 
-void Attention::eval_gpu(const std::vector<mx::array>&, mx::array&) { cpu_only("attention"); }
+void Attention::eval_gpu(const std::vector<mx::array>&, mx::array&) { unreachable(name()); }
 
 }  // namespace fusedconv

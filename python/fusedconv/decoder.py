@@ -2,46 +2,41 @@
 
 One parameter tree drives two paths: the reference path (plain mlx.nn ops: GroupNorm,
 SiLU, Upsample, Conv2d, full attention) and the fused path (group_norm_stats + conv3x3 with
-norm/SiLU/upsample/residual/shortcut fused; attention that never holds its score matrix: a
-flash-style primitive on the CPU, query chunks on the GPU). ``set_fused`` switches in place.
+norm/SiLU/upsample/residual/shortcut fused; attention that never holds its score matrix).
+The same fused path runs on every backend: an op without a kernel on the stream's backend
+runs as its reference composition (fusedconv.ops). ``set_fused`` switches in place.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from .config import VAEConfig
-from .memory import peak_live_elements
 from .nn import Conv3x3, GroupNorm
-from .ops import attention, linear
+from .ops import ATTENTION_SCORES_BUDGET, attention_bounded, linear
 
 EPS = 1e-6
-# Default bound on the attention scores (and softmax) held at once.
-ATTENTION_SCORES_BUDGET = 64 * 2**20
-
-
-def _on_cpu() -> bool:
-    return mx.default_device() == mx.cpu
 
 
 def _linear(layer: nn.Module, x: mx.array) -> mx.array:
-    """nn.Linear through fusedconv.linear on the CPU (MLX's Linux CPU matmul runs at a few GFLOP/s);
-    a quantized layer (mflux's -q) runs as itself."""
-    if _on_cpu() and not isinstance(layer, nn.QuantizedLinear):
-        return linear(x, layer.weight, layer.get("bias"))
-    return layer(x)
+    """nn.Linear through fusedconv.linear (MLX's Linux CPU matmul runs at a few GFLOP/s; on a
+    GPU it is MLX's matmul); a quantized layer (mflux's -q) runs as itself."""
+    if isinstance(layer, nn.QuantizedLinear):
+        return layer(x)
+    return linear(x, layer.weight, layer.get("bias"))
 
 
 def _conv1x1(conv: nn.Conv2d, x: mx.array) -> mx.array:
     """1x1 conv as one matmul: no im2col, only the output is allocated."""
-    weight = conv.weight.reshape(conv.weight.shape[0], -1)
-    if _on_cpu():
-        return linear(x, weight, conv.get("bias"))
-    return x @ weight.T + conv.bias
+    return linear(x, conv.weight.reshape(conv.weight.shape[0], -1), conv.get("bias"))
+
+
+# Each stage module below has two forwards over the same parameters: `reference` (plain
+# mlx.nn ops, as diffusers' forward) and `fused` (fusedconv's ops). Decoder.stages picks
+# one of them per decode; nothing else knows which path runs.
 
 
 class ResnetBlock2D(nn.Module):
@@ -54,18 +49,24 @@ class ResnetBlock2D(nn.Module):
         if cin != cout:
             self.conv_shortcut = nn.Conv2d(cin, cout, 1)
 
-    def __call__(self, x: mx.array, fused: bool) -> mx.array:
-        has_shortcut = "conv_shortcut" in self
-        if not fused:
-            h = self.conv1.unfused(nn.silu(self.norm1(x)))
-            h = self.conv2.unfused(nn.silu(self.norm2(h)))
-            return (self.conv_shortcut(x) if has_shortcut else x) + h
+    def reference(self, x: mx.array) -> mx.array:
+        h = self.conv1.unfused(nn.silu(self.norm1(x)))
+        h = self.conv2.unfused(nn.silu(self.norm2(h)))
+        return (self.conv_shortcut(x) if "conv_shortcut" in self else x) + h
+
+    def fused(self, x: mx.array) -> mx.array:
         h = self.conv1(x, norm=self.norm1.norm_args(x), silu=True)
         norm2 = self.norm2.norm_args(h)
-        if has_shortcut:  # the 1x1 shortcut runs inside conv2: only x, h and the output live
+        if "conv_shortcut" in self:  # the 1x1 shortcut runs inside conv2: only x, h and the output live
             sc = self.conv_shortcut
             return self.conv2(h, norm=norm2, silu=True, shortcut=(x, sc.weight, sc.get("bias")))
         return self.conv2(h, norm=norm2, silu=True, residual=x)
+
+    def live_elements(self, px: int):
+        """(elements alive at once in the fused forward, output pixels): x (for the residual or
+        shortcut), h and the output."""
+        cin, cout = self.conv1.weight.shape[-1], self.conv1.weight.shape[0]
+        return px * (cin + 2 * cout), px
 
 
 class Attention(nn.Module):
@@ -78,42 +79,54 @@ class Attention(nn.Module):
         self.to_k = nn.Linear(c, c)
         self.to_v = nn.Linear(c, c)
         self.to_out = [nn.Linear(c, c)]
+        self.scores_budget = ATTENTION_SCORES_BUDGET
 
-    def __call__(self, x: mx.array, fused: bool, scores_budget: int) -> mx.array:
+    def _tokens(self, x: mx.array) -> mx.array:
         n, h, w, c = x.shape
-        t = self.group_norm(x).reshape(n, h * w, c)
-        scale = 1.0 / math.sqrt(c)
-        if not fused:
-            q, k, v = self.to_q(t), self.to_k(t), self.to_v(t)
-            o = mx.fast.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], scale=scale)[:, 0]
-            return self.to_out[0](o).reshape(n, h, w, c) + x
+        return self.group_norm(x).reshape(n, h * w, c)
+
+    def reference(self, x: mx.array) -> mx.array:
+        t = self._tokens(x)
+        q, k, v = self.to_q(t), self.to_k(t), self.to_v(t)
+        o = mx.fast.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], scale=x.shape[-1] ** -0.5)
+        return self.to_out[0](o[:, 0]).reshape(x.shape) + x
+
+    def fused(self, x: mx.array) -> mx.array:
+        t = self._tokens(x)
         q, k, v = _linear(self.to_q, t), _linear(self.to_k, t), _linear(self.to_v, t)
-        if _on_cpu():
-            o = attention(q, k, v, scale)  # flash-style CPU primitive: no scores in memory
-        else:
-            o = chunked_attention(q, k, v, scale, scores_budget)
-        return _linear(self.to_out[0], o).reshape(n, h, w, c) + x
+        o = attention_bounded(q, k, v, x.shape[-1] ** -0.5, self.scores_budget)
+        return _linear(self.to_out[0], o).reshape(x.shape) + x
+
+    def live_elements(self, px: int):
+        """x (for the residual), q, k, v and the output."""
+        return 5 * px * self.to_q.weight.shape[0], px
 
 
-def attention_query_chunk(batch: int, tokens: int, itemsize: int, scores_budget: int) -> int:
-    """Query rows per chunk so that scores + probabilities (+ the f32 softmax) fit the budget."""
-    per_row = batch * tokens * (2 * itemsize + 4)
-    return max(1, min(tokens, scores_budget // per_row))
+class Upsample2D(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv = Conv3x3(c, c)
+
+    def reference(self, x: mx.array) -> mx.array:
+        return self.conv.unfused(nn.Upsample(scale_factor=2, mode="nearest")(x))
+
+    def fused(self, x: mx.array) -> mx.array:
+        return self.conv(x, upsample=2)
+
+    def live_elements(self, px: int):
+        """x and the output at 2x."""
+        return 5 * px * self.conv.weight.shape[0], 4 * px
 
 
-def chunked_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, scores_budget: int) -> mx.array:
-    """softmax(q k^T * scale) v, a block of query rows at a time: never tokens x tokens scores."""
-    tokens = q.shape[1]
-    rows = attention_query_chunk(q.shape[0], k.shape[1], q.itemsize, scores_budget)
-    kt = k.transpose(0, 2, 1)
-    outs = []
-    for r0 in range(0, tokens, rows):
-        s = (q[:, r0 : r0 + rows] * scale) @ kt
-        outs.append(mx.softmax(s, axis=-1, precise=True) @ v)
-        # Evaluate chunk by chunk: left lazy, MLX allocates the next chunks' scores
-        # before the CPU stream has freed the previous ones.
-        mx.eval(outs[-1])
-    return outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=1)
+class ConvIn(Conv3x3):
+    def reference(self, z: mx.array) -> mx.array:
+        return self.unfused(z)
+
+    def fused(self, z: mx.array) -> mx.array:
+        return self(z)
+
+    def live_elements(self, px: int):
+        return px * (self.weight.shape[-1] + self.weight.shape[0]), px
 
 
 class MidBlock(nn.Module):
@@ -122,23 +135,6 @@ class MidBlock(nn.Module):
         self.resnets = [ResnetBlock2D(c, c, groups), ResnetBlock2D(c, c, groups)]
         self.attentions = [Attention(c, groups)] if add_attention else []
 
-    def __call__(self, x: mx.array, fused: bool, scores_budget: int) -> mx.array:
-        x = self.resnets[0](x, fused)
-        for attn in self.attentions:
-            x = attn(x, fused, scores_budget)
-        return self.resnets[1](x, fused)
-
-
-class Upsample2D(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.conv = Conv3x3(c, c)
-
-    def __call__(self, x: mx.array, fused: bool) -> mx.array:
-        if fused:
-            return self.conv(x, upsample=2)
-        return self.conv.unfused(nn.Upsample(scale_factor=2, mode="nearest")(x))
-
 
 class UpDecoderBlock2D(nn.Module):
     def __init__(self, cin: int, cout: int, layers: int, groups: int, add_upsample: bool):
@@ -146,19 +142,29 @@ class UpDecoderBlock2D(nn.Module):
         self.resnets = [ResnetBlock2D(cin if i == 0 else cout, cout, groups) for i in range(layers)]
         self.upsamplers = [Upsample2D(cout)] if add_upsample else []
 
-    def __call__(self, x: mx.array, fused: bool) -> mx.array:
-        for r in self.resnets:
-            x = r(x, fused)
-        for u in self.upsamplers:
-            x = u(x, fused)
-        return x
+
+class OutputHead:
+    """conv_norm_out -> SiLU -> conv_out as one stage (a view: the modules stay the decoder's,
+    under diffusers' names)."""
+
+    def __init__(self, norm: GroupNorm, conv: Conv3x3):
+        self.norm, self.conv = norm, conv
+
+    def reference(self, h: mx.array) -> mx.array:
+        return self.conv.unfused(nn.silu(self.norm(h)))
+
+    def fused(self, h: mx.array) -> mx.array:
+        return self.conv(h, norm=self.norm.norm_args(h), silu=True)
+
+    def live_elements(self, px: int):
+        return px * (self.conv.weight.shape[-1] + self.conv.weight.shape[0]), px
 
 
 class Decoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         ch, groups = cfg.block_out_channels, cfg.norm_num_groups
-        self.conv_in = Conv3x3(cfg.latent_channels, ch[-1])
+        self.conv_in = ConvIn(cfg.latent_channels, ch[-1])
         self.mid_block = MidBlock(ch[-1], groups, cfg.mid_block_add_attention)
         rev = list(reversed(ch))
         self.up_blocks = [
@@ -168,29 +174,31 @@ class Decoder(nn.Module):
         self.conv_norm_out = GroupNorm(groups, ch[0], eps=EPS)
         self.conv_out = Conv3x3(ch[0], cfg.out_channels)
 
-    def stages(self, fused: bool, scores_budget: int):
-        """The decode as (name, fn) stages, each a function of the previous output.
-
-        One stage per resnet / attention / upsampler: evaluating between stages keeps
-        only a stage's input, its intermediates and its output alive (MLX's CPU stream
-        otherwise allocates far ahead of the computation).
-        """
-        def tail(h):
-            if fused:
-                return self.conv_out(h, norm=self.conv_norm_out.norm_args(h), silu=True)
-            return self.conv_out.unfused(nn.silu(self.conv_norm_out(h)))
-
+    def stage_modules(self):
+        """The decode as (name, module) stages in order, from the module tree: one per resnet,
+        attention and upsampler (evaluating between stages keeps only a stage's input,
+        intermediates and output alive: MLX's CPU stream otherwise allocates far ahead)."""
         mid = self.mid_block
-        out = [("conv_in", lambda z: self.conv_in(z) if fused else self.conv_in.unfused(z))]
-        out.append(("mid_block.resnets.0", lambda h: mid.resnets[0](h, fused)))
-        out += [(f"mid_block.attentions.{i}", lambda h, a=a: a(h, fused, scores_budget))
-                for i, a in enumerate(mid.attentions)]
-        out.append(("mid_block.resnets.1", lambda h: mid.resnets[1](h, fused)))
+        out = [("conv_in", self.conv_in), ("mid_block.resnets.0", mid.resnets[0])]
+        out += [(f"mid_block.attentions.{i}", a) for i, a in enumerate(mid.attentions)]
+        out.append(("mid_block.resnets.1", mid.resnets[1]))
         for i, block in enumerate(self.up_blocks):
-            out += [(f"up_blocks.{i}.resnets.{j}", lambda h, r=r: r(h, fused)) for j, r in enumerate(block.resnets)]
-            out += [(f"up_blocks.{i}.upsamplers.0", lambda h, u=u: u(h, fused)) for u in block.upsamplers]
-        out.append(("conv_out", tail))
+            out += [(f"up_blocks.{i}.resnets.{j}", r) for j, r in enumerate(block.resnets)]
+            out += [(f"up_blocks.{i}.upsamplers.{j}", u) for j, u in enumerate(block.upsamplers)]
+        out.append(("conv_out", OutputHead(self.conv_norm_out, self.conv_out)))
         return out
+
+    def peak_live_elements(self, latent_pixels: int, batch: int = 1) -> int:
+        """Max over the stages of the activation elements that must coexist in the fused path."""
+        peak, px = 0, latent_pixels
+        for _, m in self.stage_modules():
+            live, px = m.live_elements(px)
+            peak = max(peak, live)
+        return batch * peak
+
+    def stages(self, fused: bool):
+        """(name, fn) per stage: the one place where the fused or the reference path is chosen."""
+        return [(name, m.fused if fused else m.reference) for name, m in self.stage_modules()]
 
 
 class AutoencoderKLDecoder(nn.Module):
@@ -219,7 +227,10 @@ class AutoencoderKLDecoder(nn.Module):
             )
 
     def stages(self):
-        return self.decoder.stages(self.fused, self.attention_scores_budget)
+        for _, m in self.decoder.stage_modules():
+            if isinstance(m, Attention):
+                m.scores_budget = self.attention_scores_budget
+        return self.decoder.stages(self.fused)
 
     def check_memory(self, z: mx.array) -> None:
         """Refuses a decode whose analytic floor (the activations that must coexist; the
@@ -228,7 +239,7 @@ class AutoencoderKLDecoder(nn.Module):
         n, h, w, _ = z.shape
         f = self.config.upsample_factor
         itemsize = self.decoder.conv_in.weight.itemsize
-        need = itemsize * peak_live_elements(self.config, h * f, w * f, n)
+        need = itemsize * self.decoder.peak_live_elements(h * w, n)
         free = mx.get_memory_limit() - mx.get_active_memory()
         if need <= free:
             return

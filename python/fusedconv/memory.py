@@ -12,56 +12,25 @@ import mlx.core as mx
 from .config import VAEConfig
 
 
-def _conv3x3(cin: int, cout: int) -> int:
-    return 9 * cin * cout + cout
-
-
-def _resnet(cin: int, cout: int) -> int:
-    shortcut = cin * cout + cout if cin != cout else 0
-    return 2 * cin + _conv3x3(cin, cout) + 2 * cout + _conv3x3(cout, cout) + shortcut
-
-
 def decoder_parameter_count(cfg: VAEConfig) -> int:
-    ch = cfg.block_out_channels
-    top = ch[-1]
-    n = _conv3x3(cfg.latent_channels, top)
-    n += 2 * _resnet(top, top)
-    if cfg.mid_block_add_attention:
-        n += 2 * top + 4 * (top * top + top)
-    prev = top
-    for i, c in enumerate(reversed(ch)):
-        n += _resnet(prev, c) + cfg.layers_per_block * _resnet(c, c)
-        if i < len(ch) - 1:
-            n += _conv3x3(c, c)
-        prev = c
-    n += 2 * ch[0] + _conv3x3(ch[0], cfg.out_channels)
-    if cfg.use_post_quant_conv:
-        n += cfg.latent_channels**2 + cfg.latent_channels
-    return n
+    """Parameters of the decoder of `cfg`, from its module tree (built lazily: nothing is
+    allocated)."""
+    from mlx.utils import tree_flatten
+
+    from .decoder import AutoencoderKLDecoder
+
+    return sum(v.size for _, v in tree_flatten(AutoencoderKLDecoder(cfg).parameters()))
 
 
 def peak_live_elements(cfg: VAEConfig, height: int, width: int, batch: int = 1) -> int:
-    """Max over the decoder's ops of the activation elements that must coexist."""
-    ch = cfg.block_out_channels
+    """Max over the decoder's stages of the activation elements that must coexist, from the
+    module tree (each stage module says what its fused forward keeps alive)."""
+    from .decoder import Decoder  # the decoder imports nothing from here
+
     f = cfg.upsample_factor
     if height % f or width % f:
         raise ValueError(f"height/width: must be multiples of {f} for this config, got {height}x{width}")
-    px = (height // f) * (width // f)
-    top = ch[-1]
-    live = [px * (cfg.latent_channels + top)]  # conv_in
-    live.append(px * 3 * top)  # mid resnets: x (residual), h, out
-    if cfg.mid_block_add_attention:
-        live.append(px * 5 * top)  # x (residual), q, k, v, out
-    prev = top
-    for i, c in enumerate(reversed(ch)):
-        live.append(px * (prev + 2 * c))  # first resnet: x (for the shortcut), h, out
-        live.append(px * 3 * c)  # further resnets: x (residual), h, out
-        if i < len(ch) - 1:
-            live.append(px * c + 4 * px * c)  # upsampler: x, out at 2x
-            px *= 4
-        prev = c
-    live.append(px * (ch[0] + cfg.out_channels))  # conv_out
-    return batch * max(live)
+    return Decoder(cfg).peak_live_elements((height // f) * (width // f), batch)
 
 
 def decoder_floor_bytes(cfg: VAEConfig, height: int, width: int, dtype=mx.bfloat16, batch: int = 1) -> int:

@@ -130,6 +130,26 @@ def linear(x: mx.array, weight: mx.array, bias: Optional[mx.array] = None, *, st
     return ext.linear(x, weight, bias, stream=stream)
 
 
+# Default bound on the attention scores (and softmax) that attention_bounded holds at once.
+ATTENTION_SCORES_BUDGET = ext.ATTENTION_SCORES_BUDGET
+
+
+def attention_bounded(q: mx.array, k: mx.array, v: mx.array, scale: float,
+                      scores_budget: int = ATTENTION_SCORES_BUDGET, *, stream: StreamOrDevice = None) -> mx.array:
+    """``attention`` for eager callers with the scores bounded on every backend: the flash-style
+    kernel where the stream's backend has one (the CPU); elsewhere the composition a chunk of
+    queries at a time (``scores_budget`` bytes of scores each), evaluated chunk by chunk: left
+    lazy, MLX allocates later chunks' scores before earlier ones are freed."""
+    if ext.has_kernel("attention", stream):
+        return attention(q, k, v, scale, stream=stream)
+    rows = min(q.shape[1], ext.attention_query_rows(q.shape[0], k.shape[1], q.itemsize, scores_budget))
+    chunks = []
+    for r0 in range(0, q.shape[1], rows):
+        chunks.append(attention(q[:, r0 : r0 + rows], k, v, scale, stream=stream))
+        mx.eval(chunks[-1])
+    return chunks[0] if len(chunks) == 1 else mx.concatenate(chunks, axis=1)
+
+
 def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, *, stream: StreamOrDevice = None) -> mx.array:
     """softmax(q @ k^T * scale) @ v for q [B, Tq, C], k and v [B, Tk, C] (one head), computed a
     block of queries at a time with an online softmax: the Tq x Tk scores are never allocated."""

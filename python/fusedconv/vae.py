@@ -1,7 +1,7 @@
 """The AutoencoderKL decoder API: model, configs and presets, weight loading, memory floor."""
 
 from .config import PRESETS, VAEConfig
-from .decoder import AutoencoderKLDecoder, chunked_attention
+from .decoder import AutoencoderKLDecoder
 from .memory import decoder_floor_bytes, decoder_parameter_count
 from .weights import load_decoder, load_state
 
@@ -9,7 +9,6 @@ __all__ = [
     "PRESETS",
     "VAEConfig",
     "AutoencoderKLDecoder",
-    "chunked_attention",
     "decoder_floor_bytes",
     "decoder_parameter_count",
     "load_decoder",
