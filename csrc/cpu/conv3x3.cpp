@@ -70,17 +70,6 @@ void run(const Conv3x3Params& p, const Conv3x3Buffers& b, const Conv3x3CpuPlan& 
 
 }  // namespace
 
-int default_threads() {
-  // Capped by the machine: more workers than cores only add scratch (a halo ring each).
-  const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
-  if (const char* env = std::getenv("FUSEDCONV_NUM_THREADS")) {
-    char* end = nullptr;
-    const long v = std::strtol(env, &end, 10);
-    if (end != env && *end == '\0' && v > 0) return int(std::min<long>(v, cores));
-  }
-  return cores;
-}
-
 Conv3x3CpuPlan plan_conv3x3(const Conv3x3Params& p, DType dt, int threads) {
   Conv3x3CpuPlan plan{};
   const bool even_channels = p.c % 2 == 0 && p.shortcut_c % 2 == 0;
@@ -110,11 +99,7 @@ Conv3x3CpuPlan plan_conv3x3(const Conv3x3Params& p, DType dt, int threads) {
 
 void conv3x3(const Conv3x3Params& p, DType dt, const Conv3x3Buffers& b,
              const Conv3x3CpuPlan& plan, float* scratch) {
-  switch (dt) {
-    case DType::f32: return run<float>(p, b, plan, scratch);
-    case DType::f16: return run<f16>(p, b, plan, scratch);
-    case DType::bf16: return run<bf16>(p, b, plan, scratch);
-  }
+  with_dtype(dt, [&](auto t) { run<decltype(t)>(p, b, plan, scratch); });
 }
 
 }  // namespace fusedconv::cpu

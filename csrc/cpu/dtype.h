@@ -39,6 +39,16 @@ inline bf16 from_f32<bf16>(float v) {
   return bf16{uint16_t(u >> 16)};
 }
 
+// The one DType -> storage type dispatch: calls f(T{}) with T the storage type of dt.
+template <class F>
+decltype(auto) with_dtype(DType dt, F&& f) {
+  switch (dt) {
+    case DType::f16: return f(f16{});
+    case DType::bf16: return f(bf16{});
+    default: return f(float{});
+  }
+}
+
 // Rounds v to the precision of T (the dtype the reference materialises).
 template <class T>
 inline float round_to(float v) { return to_f32(from_f32<T>(v)); }

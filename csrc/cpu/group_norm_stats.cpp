@@ -104,11 +104,7 @@ GroupNormStatsCpuPlan plan_group_norm_stats(const GroupNormStatsParams& p, int t
 
 void group_norm_stats(const GroupNormStatsParams& p, DType dt, const void* x, float* out,
                       const GroupNormStatsCpuPlan& plan, float* scratch) {
-  switch (dt) {
-    case DType::f32: return run(p, static_cast<const float*>(x), out, plan, scratch);
-    case DType::f16: return run(p, static_cast<const f16*>(x), out, plan, scratch);
-    case DType::bf16: return run(p, static_cast<const bf16*>(x), out, plan, scratch);
-  }
+  with_dtype(dt, [&](auto t) { run(p, static_cast<const decltype(t)*>(x), out, plan, scratch); });
 }
 
 }  // namespace fusedconv::cpu

@@ -21,11 +21,9 @@ LinearCpuPlan plan_linear(int m, int k, int n, DType dt, int threads) {
 void linear(const LinearJob& job_in, DType dt, const void* w, const LinearCpuPlan& plan, float* scratch) {
   LinearJob job = job_in;
   job.packed_w = scratch;
-  switch (dt) {
-    case DType::f32: pack_panels(static_cast<const float*>(w), job.n, 1, job.k, scratch, plan.threads); break;
-    case DType::f16: pack_panels(static_cast<const f16*>(w), job.n, 1, job.k, scratch, plan.threads); break;
-    case DType::bf16: pack_panels(static_cast<const bf16*>(w), job.n, 1, job.k, scratch, plan.threads); break;
-  }
+  with_dtype(dt, [&](auto t) {
+    pack_panels(static_cast<const decltype(t)*>(w), job.n, 1, job.k, scratch, plan.threads);
+  });
   float* work = scratch + plan.packed_floats;
   parallel_for(plan.row_blocks, plan.threads, [&](int blk, int worker) {
     const int r0 = blk * kLinearRowBlock;

@@ -1,14 +1,12 @@
-// Minimal fork-join over a fixed task count for the CPU kernels. Each call
-// starts threads-1 helpers and works itself; tasks are handed out through an
-// atomic counter so uneven tiles balance, so a helper the system refuses to start
-// only costs speed. Kernels never throw.
+// Fork-join over a fixed task count for the CPU kernels, on a persistent pool of worker
+// threads (started on first use, grown on demand: the decoder makes hundreds of calls).
+// Tasks are handed out through an atomic counter so uneven tiles balance, so a worker
+// the system refuses to start only costs speed. Kernels never throw.
 #pragma once
 
 #include <algorithm>
 #include <atomic>
-#include <system_error>
-#include <thread>
-#include <vector>
+#include <functional>
 
 namespace fusedconv::cpu {
 
@@ -16,26 +14,18 @@ namespace fusedconv::cpu {
 // the core count), else the core count.
 int default_threads();
 
+// Runs work(w) for w in [0, workers) at once: w = 0 on the calling thread, the others on
+// pool threads (fewer if the pool cannot start enough). A call from inside a worker, or
+// while another call holds the pool, runs every w on the calling thread, in order.
+void run_on_workers(int workers, const std::function<void(int worker)>& work);
+
 template <class F>
 void parallel_for(int tasks, int threads, F&& f) {
   threads = std::max(1, std::min(threads, tasks));
   std::atomic<int> next{0};
-  auto work = [&](int worker) {
-    for (int t = next.fetch_add(1); t < tasks; t = next.fetch_add(1)) {
-      f(t, worker);
-    }
-  };
-  std::vector<std::thread> helpers;
-  helpers.reserve(threads - 1);
-  for (int w = 1; w < threads; ++w) {
-    try {
-      helpers.emplace_back(work, w);
-    } catch (const std::system_error&) {
-      break;  // the workers started so far, and this thread, take every task
-    }
-  }
-  work(0);
-  for (auto& t : helpers) t.join();
+  run_on_workers(threads, [&](int worker) {
+    for (int t = next.fetch_add(1); t < tasks; t = next.fetch_add(1)) f(t, worker);
+  });
 }
 
 }  // namespace fusedconv::cpu
