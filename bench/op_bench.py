@@ -62,7 +62,7 @@ def reference_fn(x, w, b, g, beta, r, up, option):
     from fusedconv.reference import reference_conv3x3
 
     norm = (g, beta, 32, 1e-6) if option.startswith("norm_silu") else None
-    return lambda: reference_conv3x3(x, w, b, norm=norm, silu=norm is not None, upsample=up, residual=r)
+    return lambda: reference_conv3x3(x, w, b, group_norm=norm, silu=norm is not None, upsample=up, residual=r)
 
 
 def measure(fn, repeats: int) -> dict:

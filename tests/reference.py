@@ -1,4 +1,4 @@
-"""The reference composition the fused ops must match (DESIGN.md), and the
+"""The reference composition the fused ops must match (docs/design.md), and the
 dtype-derived tolerances the parity tests use."""
 
 from __future__ import annotations

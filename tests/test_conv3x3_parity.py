@@ -62,12 +62,12 @@ def run_both(case, *, norm, silu, upsample, eps=1e-6):
         r, r32 = conv1x1(*sc), conv1x1(*(f32(a) for a in sc))
     else:
         r32 = f32(r)
-    same = reference_conv3x3(x, w, b, norm=ref_norm, residual=r, **kw)
+    same = reference_conv3x3(x, w, b, group_norm=ref_norm, residual=r, **kw)
     ref_norm32 = None if ref_norm is None else (f32(ref_norm[0]), f32(ref_norm[1]), ref_norm[2], eps)
-    exact = reference_conv3x3(f32(x), f32(w), f32(b), norm=ref_norm32, residual=r32, **kw)
+    exact = reference_conv3x3(f32(x), f32(w), f32(b), group_norm=ref_norm32, residual=r32, **kw)
     # Sum of the magnitudes of every term of each output: the scale of the
     # rounding errors, which is far above |output| where the terms cancel.
-    h32 = reference_activation(f32(x), norm=ref_norm32, silu=silu, upsample=upsample)
+    h32 = reference_activation(f32(x), group_norm=ref_norm32, silu=silu, upsample=upsample)
     magnitude = mx.conv2d(mx.abs(h32), mx.abs(f32(w)), padding=1)
     if b is not None:
         magnitude = magnitude + mx.abs(f32(b))
@@ -198,7 +198,7 @@ def test_non_contiguous_inputs():
     res = mx.array(rng.standard_normal((1, 16, 10, 8)).astype(np.float32)).transpose(0, 2, 1, 3)
     got = fusedconv.gn_silu_conv3x3(x, gamma, beta, w, groups=4, residual=res)
     want = reference_conv3x3(
-        mx.array(np.array(x)), mx.array(np.array(w)), norm=(mx.array(np.array(gamma)), beta, 4, 1e-6),
+        mx.array(np.array(x)), mx.array(np.array(w)), group_norm=(mx.array(np.array(gamma)), beta, 4, 1e-6),
         silu=True, residual=mx.array(np.array(res)),
     )
     assert normalized_error(got, want) <= 1e-5

@@ -62,7 +62,7 @@ def reference_and_bound(x, weight, kw):
     if "norm" in kw:
         groups, eps = kw["_norm_ref"]
         norm = (f32(kw["norm"][1]), f32(kw["norm"][2]), groups, eps)
-    act = reference_activation(f32(x), norm=norm, silu=kw["silu"], upsample=kw["upsample"])
+    act = reference_activation(f32(x), group_norm=norm, silu=kw["silu"], upsample=kw["upsample"])
     act = act.astype(x.dtype).astype(mx.float32)  # the fused op rounds the activation to the dtype
     w = f32(weight)
     out = mx.conv2d(act, w, padding=1)

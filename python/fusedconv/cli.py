@@ -54,7 +54,7 @@ def demo(args) -> int:
     if args.skip_reference:
         return 0
     ref, t_r, p_r = _measure(
-        lambda: reference_conv3x3(x, weight, bias, norm=(gamma, beta, 32, 1e-6), silu=True)
+        lambda: reference_conv3x3(x, weight, bias, group_norm=(gamma, beta, 32, 1e-6), silu=True)
     )
     print(f"  mlx.nn    : {t_r:8.3f} s  {flops / t_r / 1e9:7.1f} GFLOP/s  peak above inputs {p_r / MiB:9.1f} MiB")
     print(f"  fused is {t_r / t_f:.1f}x faster and peaks {p_r / max(p_f, 1):.1f}x lower")

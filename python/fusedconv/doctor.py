@@ -49,7 +49,8 @@ def _fused(x, kw, stream):
 
 def _reference(x, kw):
     y = reference_conv3x3(x.astype(mx.float32), kw["weight"].astype(mx.float32), kw["bias"].astype(mx.float32),
-                          norm=(kw["gamma"].astype(mx.float32), kw["beta"].astype(mx.float32), kw["groups"], 1e-6),
+                          group_norm=(kw["gamma"].astype(mx.float32), kw["beta"].astype(mx.float32), kw["groups"],
+                                      1e-6),
                           silu=True, upsample=kw["upsample"],
                           residual=None if "residual" not in kw else kw["residual"].astype(mx.float32))
     if "shortcut" in kw:

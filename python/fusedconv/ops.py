@@ -1,4 +1,4 @@
-"""The fused ops (NHWC, as MLX). See DESIGN.md for the contract.
+"""The fused ops (NHWC, as MLX). See docs/design.md for the contract.
 
 Reference semantics, which the tests check:
     GroupNorm(pytorch_compatible=True) -> SiLU -> Upsample(2, nearest) -> Conv2d(3x3, padding=1)

@@ -1,4 +1,4 @@
-"""The unfused mlx.nn composition that conv3x3 replaces (DESIGN.md's reference
+"""The unfused mlx.nn composition that conv3x3 replaces (docs/design.md's reference
 semantics). The tests check parity against it and the demo/benchmarks compare
 memory and time with it."""
 
@@ -8,12 +8,13 @@ import mlx.core as mx
 import mlx.nn as nn
 
 
-def reference_conv3x3(x, weight, bias=None, *, norm=None, silu=False, upsample=1, residual=None):
+def reference_conv3x3(x, weight, bias=None, *, group_norm=None, silu=False, upsample=1, residual=None):
     """GroupNorm(pytorch_compatible) -> SiLU -> Upsample(nearest) -> Conv2d(3x3, pad 1) -> + residual.
 
-    norm = (gamma, beta, groups, eps) or None.
+    group_norm = (gamma, beta, groups, eps) or None: the module's parameters, where the fused
+    op's norm= takes (stats, gamma, beta).
     """
-    h = reference_activation(x, norm=norm, silu=silu, upsample=upsample)
+    h = reference_activation(x, group_norm=group_norm, silu=silu, upsample=upsample)
     conv = nn.Conv2d(x.shape[-1], weight.shape[0], 3, padding=1, bias=bias is not None)
     conv.weight = weight
     if bias is not None:
@@ -24,7 +25,7 @@ def reference_conv3x3(x, weight, bias=None, *, norm=None, silu=False, upsample=1
     return y
 
 
-def reference_activation(x, *, norm=None, silu=False, upsample=1):
+def reference_activation(x, *, group_norm=None, silu=False, upsample=1):
     """The conv's input as the composition materialises it: GroupNorm -> SiLU -> Upsample."""
     h = x
     if norm is not None:
