@@ -111,7 +111,7 @@ mx::array conv3x3(const mx::array& x, const mx::array& weight,
 
   const mx::Stream stream = mx::to_stream(s);
   auto in = [&](const mx::array& a) { return mx::contiguous(a, false, stream); };
-  Conv3x3Inputs inputs{in(x), in(weight)};
+  Conv3x3Inputs inputs(in(x), in(weight));
 
   const bool any_norm = stats || gamma || beta;
   if (any_norm) {

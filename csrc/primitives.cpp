@@ -160,8 +160,11 @@ std::vector<mx::array> Conv3x3Inputs::pack() const {
 Conv3x3Inputs Conv3x3Inputs::unpack(const std::vector<mx::array>& in, const Conv3x3Options& opts) {
   const Conv3x3Slots s = Conv3x3Slots::of(opts);
   auto at = [&](int i) { return i >= 0 ? std::optional<mx::array>(in[i]) : std::nullopt; };
-  return Conv3x3Inputs{in[s.x], in[s.weight], at(s.stats), at(s.gamma), at(s.beta), at(s.bias),
-                       at(s.residual), at(s.shortcut_x), at(s.shortcut_w), at(s.shortcut_bias)};
+  Conv3x3Inputs out(in[s.x], in[s.weight]);
+  out.stats = at(s.stats), out.gamma = at(s.gamma), out.beta = at(s.beta), out.bias = at(s.bias);
+  out.residual = at(s.residual), out.shortcut_x = at(s.shortcut_x), out.shortcut_w = at(s.shortcut_w);
+  out.shortcut_bias = at(s.shortcut_bias);
+  return out;
 }
 
 Conv3x3Params FusedConv3x3::params(const std::vector<mx::array>& inputs) const {

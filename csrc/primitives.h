@@ -108,6 +108,7 @@ struct Conv3x3Slots {
 };
 
 struct Conv3x3Inputs {
+  Conv3x3Inputs(mx::array x_, mx::array weight_) : x(std::move(x_)), weight(std::move(weight_)) {}
   mx::array x, weight;
   std::optional<mx::array> stats, gamma, beta, bias, residual, shortcut_x, shortcut_w, shortcut_bias;
 
