@@ -4,16 +4,28 @@
 #include <cstring>
 #include <stdexcept>
 
+#if defined(FUSEDCONV_X86_KERNELS)
+#include <cpuid.h>
+#endif
+
 namespace fusedconv::cpu {
 
 namespace {
+
+#if defined(FUSEDCONV_X86_KERNELS)
+// F16C from CPUID (leaf 1, ECX): clang's __builtin_cpu_supports has no "f16c".
+bool has_f16c() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+#endif
 
 bool cpu_supports(Isa isa) {
   switch (isa) {
     case Isa::generic: return true;
 #if defined(FUSEDCONV_X86_KERNELS)
     case Isa::avx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
     case Isa::avx512:
       return cpu_supports(Isa::avx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
