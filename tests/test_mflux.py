@@ -19,10 +19,11 @@ mflux = pytest.importorskip("mflux", reason="mflux 0.24 is installed by .ci/run 
 BF16_TOL = 0.05
 
 
-def random_vae(module_name, seed=0):
+def random_vae(module_name, seed=0, **kwargs):
     import importlib
 
-    vae = importlib.import_module(module_name).VAE()
+    class_name = next(c for m, c, _, _ in fused_mflux.COVERED if m == module_name)
+    vae = getattr(importlib.import_module(module_name), class_name)(**kwargs)
     rng = np.random.default_rng(seed)
     params = []
     for k, v in tree_flatten(vae.decoder.parameters()):
@@ -44,10 +45,16 @@ def patched():
     fused_mflux.unpatch()
 
 
-@pytest.mark.parametrize("module_name, _", [(m, p) for m, _, p in fused_mflux.COVERED], ids=["flux", "z-image"])
-def test_patched_decode_matches_mflux(module_name, _):
-    vae = random_vae(module_name)
-    latents = mx.random.normal((1, 16, 1, 7, 5), key=mx.random.key(1)).astype(mx.bfloat16)
+FLUX2 = "mflux.models.flux2.model.flux2_vae.vae"
+CASES = [(m, p, {}) for m, _, p, _ in fused_mflux.COVERED] + [
+    (FLUX2, "flux2-small", {"decoder_block_out_channels": (96, 192, 384, 384)})]
+
+
+@pytest.mark.parametrize("module_name, preset, kwargs", CASES, ids=[p for _, p, _ in CASES])
+def test_patched_decode_matches_mflux(module_name, preset, kwargs):
+    vae = random_vae(module_name, **kwargs)
+    channels = 32 if module_name == FLUX2 else 16
+    latents = mx.random.normal((1, channels, 1, 7, 5), key=mx.random.key(1)).astype(mx.bfloat16)
     want = vae.decode(latents)
     patched = fused_mflux.patch()
     try:
@@ -55,7 +62,7 @@ def test_patched_decode_matches_mflux(module_name, _):
         got = vae.decode(latents)
     finally:
         fused_mflux.unpatch()
-    assert got.shape == want.shape == (1, 3, 1, 56, 40)
+    assert got.shape == want.shape and got.shape[-2:] == (56, 40)
     assert normalized_error(got, want) <= BF16_TOL
     assert mx.array_equal(vae.decode(latents), want).item()  # unpatch restores mflux's decoder
 
@@ -95,11 +102,11 @@ def test_patched_decode_of_a_quantized_vae_matches_mflux(bits):
     them quantized, as mflux does. Was: "Received 8 parameters not in model (...to_q.scales)"."""
     import mlx.nn as nn
 
-    module_name = fused_mflux.COVERED[0][0]
+    module_name = FLUX2
     vae = random_vae(module_name)
     nn.quantize(vae, bits=bits, class_predicate=lambda p, m: hasattr(m, "to_quantized"))
     assert any(isinstance(m, nn.QuantizedLinear) for _, m in vae.decoder.named_modules())
-    latents = mx.random.normal((1, 16, 1, 6, 5), key=mx.random.key(2)).astype(mx.bfloat16)
+    latents = mx.random.normal((1, 32, 6, 5), key=mx.random.key(2)).astype(mx.bfloat16)
     want = vae.decode(latents)
     fused_mflux.patch()
     try:
@@ -124,7 +131,37 @@ def test_patched_decode_follows_weight_updates(patched):
 
 
 def test_failed_import_patches_nothing(monkeypatch):
-    monkeypatch.setattr(fused_mflux, "COVERED", fused_mflux.COVERED + [("mflux.no_such_module", "VAE", "flux")])
+    monkeypatch.setattr(fused_mflux, "COVERED", fused_mflux.COVERED + [("mflux.no_such_module", "VAE", "flux", True)])
     with pytest.raises(ImportError):
         fused_mflux.patch()
     assert fused_mflux._originals == {}
+
+
+@pytest.mark.parametrize("mode", ["low_memory", "full_precision"])
+def test_patched_flux2_replaces_the_block_decoder_modes(mode):
+    """mflux's block-decoder modes (the default low_memory: 128-row strips with full-image
+    statistics) decode through the fused decoder too, and match mflux's own result."""
+    vae = random_vae(FLUX2)
+    vae.decode_mode = mode
+    latents = mx.random.normal((1, 32, 9, 6), key=mx.random.key(4)).astype(mx.bfloat16)
+    want = vae.decode(latents)
+    fused_mflux.patch()
+    try:
+        got = vae.decode(latents)
+    finally:
+        fused_mflux.unpatch()
+    assert got.shape == want.shape
+    assert normalized_error(got, want) <= BF16_TOL
+
+
+def test_patched_flux2_decode_packed_latents_matches_mflux(patched):
+    """The FLUX.2 pipeline path: packed, BatchNorm-normalised latents -> image."""
+    vae = random_vae(FLUX2)
+    vae.bn.running_mean = mx.random.normal(vae.bn.running_mean.shape, key=mx.random.key(5))
+    vae.bn.running_var = 0.5 + mx.random.uniform(shape=vae.bn.running_var.shape, key=mx.random.key(6))
+    packed = mx.random.normal((1, 128, 4, 3), key=mx.random.key(7)).astype(mx.bfloat16)
+    got = vae.decode_packed_latents(packed)
+    fused_mflux.unpatch()
+    want = vae.decode_packed_latents(packed)
+    assert got.shape == want.shape
+    assert normalized_error(got, want) <= BF16_TOL

@@ -14,16 +14,20 @@ CONFIGS = {
 }
 
 
-def diffusers_vae(name: str, seed: int = 0):
-    import torch
-    from diffusers import AutoencoderKL
+# diffusers AutoencoderKLFlux2 (FLUX.2): 32 latent channels, post_quant_conv, latent BatchNorm;
+# the second with a decoder narrower than its encoder, as FLUX.2's small decoder.
+FLUX2_CONFIGS = {
+    "flux2-like": dict(block_out_channels=(16, 32, 64, 64), layers_per_block=1, latent_channels=32,
+                       norm_num_groups=8),
+    "flux2-narrow-decoder": dict(block_out_channels=(16, 32, 64, 64), decoder_block_out_channels=(8, 16, 24, 24),
+                                 layers_per_block=1, latent_channels=32, norm_num_groups=8),
+}
 
-    cfg = dict(CONFIGS[name])
-    n = len(cfg["block_out_channels"])
-    model = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
-        up_block_types=("UpDecoderBlock2D",) * n, **cfg,
-    ).eval()
+
+def randomize(model, seed: int):
+    """Seeded random weights at each layer's scale (GroupNorm gamma around 1, small biases)."""
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name_, p in model.named_parameters():
@@ -32,6 +36,30 @@ def diffusers_vae(name: str, seed: int = 0):
             else:
                 fan_in = p[0].numel() if p.ndim > 1 else 1
                 p.copy_(torch.randn(p.shape, generator=gen) / np.sqrt(fan_in) * (1.0 if p.ndim > 1 else 0.1))
+    return model
+
+
+def diffusers_vae(name: str, seed: int = 0):
+    from diffusers import AutoencoderKL
+
+    cfg = dict(CONFIGS[name])
+    n = len(cfg["block_out_channels"])
+    model = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n, **cfg,
+    ).eval()
+    return randomize(model, seed)
+
+
+def diffusers_flux2_vae(name: str, seed: int = 0):
+    import torch
+    from diffusers import AutoencoderKLFlux2
+
+    model = randomize(AutoencoderKLFlux2(**FLUX2_CONFIGS[name]).eval(), seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # latent statistics far from (0, 1), so that a missed step shows
+        model.bn.running_mean.copy_(torch.randn(model.bn.running_mean.shape, generator=gen))
+        model.bn.running_var.copy_(0.5 + torch.rand(model.bn.running_var.shape, generator=gen) * 3)
     return model
 
 

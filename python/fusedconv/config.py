@@ -17,19 +17,32 @@ class VAEConfig:
     mid_block_add_attention: bool = True
     scaling_factor: float = 0.18215
     shift_factor: Optional[float] = None
+    # FLUX.2 (AutoencoderKLFlux2): the decoder may be narrower than the encoder, and the
+    # pipeline's latents are 2x2-patchified and normalised by BatchNorm running statistics
+    # (`bn` in the checkpoint) that decode_latents undoes before decoding.
+    decoder_block_out_channels: Optional[Tuple[int, ...]] = None
+    latents_batch_norm: bool = False
+    batch_norm_eps: float = 1e-4
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "VAEConfig":
         """From a diffusers config.json dict (unknown keys, e.g. the encoder's, are ignored)."""
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known and v is not None}
-        if "block_out_channels" in kw:
-            kw["block_out_channels"] = tuple(kw["block_out_channels"])
+        for key in ("block_out_channels", "decoder_block_out_channels"):
+            if key in kw:
+                kw[key] = tuple(kw[key])
+        if d.get("_class_name") == "AutoencoderKLFlux2":
+            kw["latents_batch_norm"] = True
         return cls(**kw)
 
     @property
+    def decoder_channels(self) -> Tuple[int, ...]:
+        return self.decoder_block_out_channels or self.block_out_channels
+
+    @property
     def upsample_factor(self) -> int:
-        return 2 ** (len(self.block_out_channels) - 1)
+        return 2 ** (len(self.decoder_channels) - 1)
 
 
 # Published values of each model family's VAE config.
@@ -41,6 +54,11 @@ PRESETS = {
     "flux": VAEConfig(latent_channels=16, use_post_quant_conv=False, scaling_factor=0.3611, shift_factor=0.1159),
     # Z-Image ships the Flux VAE.
     "z-image": VAEConfig(latent_channels=16, use_post_quant_conv=False, scaling_factor=0.3611, shift_factor=0.1159),
+    # FLUX.2 (also mflux's flux3, ernie_image, fibo2, ideogram4, lens, moss_image families), and
+    # its small decoder (FLUX.2 Klein's 96/192/384/384 decoder on the same latents).
+    "flux2": VAEConfig(latent_channels=32, scaling_factor=1.0, shift_factor=0.0, latents_batch_norm=True),
+    "flux2-small": VAEConfig(latent_channels=32, scaling_factor=1.0, shift_factor=0.0, latents_batch_norm=True,
+                             decoder_block_out_channels=(96, 192, 384, 384)),
 }
 
 

@@ -163,7 +163,7 @@ class OutputHead:
 class Decoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        ch, groups = cfg.block_out_channels, cfg.norm_num_groups
+        ch, groups = cfg.decoder_channels, cfg.norm_num_groups
         self.conv_in = ConvIn(cfg.latent_channels, ch[-1])
         self.mid_block = MidBlock(ch[-1], groups, cfg.mid_block_add_attention)
         rev = list(reversed(ch))
@@ -201,6 +201,30 @@ class Decoder(nn.Module):
         return [(name, m.fused if fused else m.reference) for name, m in self.stage_modules()]
 
 
+class LatentBatchNorm(nn.Module):
+    """FLUX.2's latent BatchNorm statistics (`bn.running_mean`, `bn.running_var`, kept in f32)
+    over the 2x2-patchified latent channels (4 C, channel c * 4 + 2 dy + dx)."""
+
+    def __init__(self, channels: int, eps: float):
+        super().__init__()
+        self.running_mean = mx.zeros((channels,))
+        self.running_var = mx.ones((channels,))
+        self.eps = eps
+
+    def denormalize(self, packed: mx.array) -> mx.array:
+        if packed.ndim != 4 or packed.shape[-1] != self.running_mean.shape[0]:
+            raise ValueError(f"latents: expected patchified NHWC latents [N, h/2, w/2, {self.running_mean.shape[0]}], "
+                             f"got {packed.shape}")
+        std = mx.sqrt(self.running_var.astype(mx.float32) + self.eps)
+        return packed.astype(mx.float32) * std + self.running_mean.astype(mx.float32)
+
+    @staticmethod
+    def unpatchify(packed: mx.array) -> mx.array:
+        n, h, w, c4 = packed.shape
+        z = packed.reshape(n, h, w, c4 // 4, 2, 2).transpose(0, 1, 4, 2, 5, 3)
+        return z.reshape(n, 2 * h, 2 * w, c4 // 4)
+
+
 class AutoencoderKLDecoder(nn.Module):
     """``decoder(z)`` = diffusers ``AutoencoderKL.decode(z).sample`` in NHWC (z unscaled)."""
 
@@ -210,6 +234,8 @@ class AutoencoderKLDecoder(nn.Module):
         if config.use_post_quant_conv:
             self.post_quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, 1)
         self.decoder = Decoder(config)
+        if config.latents_batch_norm:
+            self.bn = LatentBatchNorm(4 * config.latent_channels, config.batch_norm_eps)
         self.fused = True
         self.attention_scores_budget = ATTENTION_SCORES_BUDGET
 
@@ -257,9 +283,12 @@ class AutoencoderKLDecoder(nn.Module):
         """Decodes stage by stage, evaluating each (bounds the lazy graph, reports progress)."""
         self._check_latent(z)
         self.check_memory(z)
-        h = z.astype(self.decoder.conv_in.weight.dtype)
-        if "post_quant_conv" in self:
-            h = _conv1x1(self.post_quant_conv, h) if self.fused else self.post_quant_conv(h)
+        h = z
+        if "post_quant_conv" in self:  # in its own dtype (mflux may keep it apart from the decoder's)
+            pqc = self.post_quant_conv
+            h = h.astype(pqc.weight.dtype)
+            h = _conv1x1(pqc, h) if self.fused else pqc(h)
+        h = h.astype(self.decoder.conv_in.weight.dtype)
         for name, stage in self.stages():
             h = stage(h)
             mx.eval(h)
@@ -271,7 +300,11 @@ class AutoencoderKLDecoder(nn.Module):
         return self.decode(z)
 
     def decode_latents(self, latents: mx.array, on_stage: Optional[Callable[[str], None]] = None) -> mx.array:
-        """Undoes the pipeline's latent scaling (and shift) before decoding."""
+        """Undoes the pipeline's latent normalisation before decoding: for FLUX.2 the BatchNorm
+        statistics on the 2x2-patchified latents [N, h/2, w/2, 4 C] and the unpatchify (as
+        diffusers' Flux2Pipeline does before vae.decode); otherwise the scaling (and shift)."""
+        if self.config.latents_batch_norm:
+            return self.decode(self.bn.unpatchify(self.bn.denormalize(latents)), on_stage)
         z = latents / self.config.scaling_factor
         if self.config.shift_factor is not None:
             z = z + self.config.shift_factor

@@ -45,7 +45,7 @@ def _conv_flops(px: int, cin: int, cout: int, k: int = 3) -> int:
 
 def decoder_flops(cfg: VAEConfig, height: int, width: int, batch: int = 1) -> int:
     """Multiply-add FLOPs (2 per MAC) of the convolutions, shortcuts and attention of one decode."""
-    ch = cfg.block_out_channels
+    ch = cfg.decoder_channels
     f = cfg.upsample_factor
     px = (height // f) * (width // f)
     top = ch[-1]

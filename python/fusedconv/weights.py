@@ -21,7 +21,7 @@ _CHECKPOINT_PREFIXES = ("first_stage_model.", "vae.")
 
 def _ldm_to_diffusers(key: str, num_up: int) -> Optional[str]:
     """Original LDM / BFL decoder key -> diffusers key (None for non-decoder keys)."""
-    if key.startswith("post_quant_conv."):
+    if key.startswith(("post_quant_conv.", "bn.")):
         return key
     if not key.startswith("decoder."):
         return None
@@ -43,8 +43,13 @@ def _ldm_to_diffusers(key: str, num_up: int) -> Optional[str]:
     return "decoder." + k
 
 
+# FLUX.2's latent BatchNorm statistics: float32 whatever the decoder's dtype (as diffusers and
+# mflux keep them); the BatchNorm's affine and step counter are not used by decoding.
+_LATENT_STATS = ("bn.running_mean", "bn.running_var")
+
+
 def _is_decoder_key(key: str) -> bool:
-    return key.startswith(("decoder.", "post_quant_conv."))
+    return key.startswith(("decoder.", "post_quant_conv.")) or key in _LATENT_STATS
 
 
 def _strip_prefix(keys) -> str:
@@ -69,7 +74,7 @@ def load_state(model: AutoencoderKLDecoder, tensors: Dict[str, mx.array], dtype=
 
     Decoder entries are popped from `tensors` as they are converted."""
     prefix = _strip_prefix(tensors.keys())
-    num_up = len(model.config.block_out_channels)
+    num_up = len(model.config.decoder_channels)
     diffusers_style = any(k[len(prefix) :].startswith(("decoder.mid_block.", "decoder.up_blocks.")) for k in tensors)
     expected = dict(tree_flatten(model.parameters()))
     found: Dict[str, mx.array] = {}
@@ -80,7 +85,8 @@ def load_state(model: AutoencoderKLDecoder, tensors: Dict[str, mx.array], dtype=
         if name not in expected:
             raise ValueError(f"weights: {key!r} does not fit this config (no parameter {name!r})")
         # pop: the as-stored tensor is freed once converted, never a second full copy
-        found[name] = _convert(key, tensors.pop(key), expected[name].shape, dtype)
+        target = mx.float32 if name in _LATENT_STATS else dtype
+        found[name] = _convert(key, tensors.pop(key), expected[name].shape, target)
         mx.eval(found[name])
     if not found:
         raise ValueError("weights: the checkpoint has no VAE decoder tensors (decoder.* / post_quant_conv.*)")
@@ -102,7 +108,7 @@ def _weights_file(folder: Path) -> Path:
 
 
 # The diffusers classes whose decoder this module builds.
-SUPPORTED_CLASSES = ("AutoencoderKL",)
+SUPPORTED_CLASSES = ("AutoencoderKL", "AutoencoderKLFlux2")
 
 
 def _read_config(cfg_file: Path) -> VAEConfig:

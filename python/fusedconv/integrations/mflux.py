@@ -4,12 +4,14 @@
     fused_mflux.patch()      # every mflux Flux / Z-Image VAE now decodes with the fused ops
     fused_mflux.unpatch()    # back to mflux's own decoder
 
-Covered (mflux 0.24): ``VAE.decode`` of the FLUX.1 VAE (mflux.models.flux) and of the
-Z-Image VAE (mflux.models.z_image), so every path that ends in ``vae.decode`` - plain
-generation and mflux's tiled decode (each tile goes through ``decode``) - is fused;
-Z-Image's block-decoder modes (``decode_mode`` other than legacy) are replaced by the
-full-frame fused decode, which needs no strips. Not covered: FLUX.2's VAE (batch-norm
-latent statistics), Qwen-Image / Wan / SeedVR2 VAEs (3-D causal convolutions).
+Covered (mflux 0.24): ``decode`` of the FLUX.1 VAE (mflux.models.flux), the Z-Image VAE
+(mflux.models.z_image) and the FLUX.2 VAE (mflux.models.flux2: the flux2, flux3, ernie_image,
+fibo2, ideogram4, lens and moss_image families, and the FLUX.2 small decoder, whose widths are
+read from the mflux decoder), so every path that ends in ``vae.decode`` - plain generation,
+FLUX.2's ``decode_packed_latents`` and mflux's tiled decode (each tile goes through
+``decode``) - is fused; the block-decoder modes (``decode_mode`` low_memory / full_precision)
+are replaced by the full-frame fused decode, which needs no strips. Not covered: Qwen-Image /
+Wan / SeedVR2 VAEs (3-D causal convolutions).
 
 The fused decoder shares the mflux decoder's weight arrays (no copy): mflux's conv
 wrappers (conv_in.conv2d, conv_norm_out.norm, ...) are the only names that differ from
@@ -22,25 +24,30 @@ same way and run as mflux runs them.
 from __future__ import annotations
 
 import importlib
+import re
+from dataclasses import replace
 from typing import Dict, List, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from ..config import PRESETS
+from ..config import PRESETS, VAEConfig
 from ..decoder import AutoencoderKLDecoder
 
-# (module, class, preset) of each covered mflux VAE.
+# (module, class, preset, whether decode returns a frame axis [B, 3, 1, H, W]) of each
+# covered mflux VAE.
 COVERED = [
-    ("mflux.models.flux.model.flux_vae.vae", "VAE", "flux"),
-    ("mflux.models.z_image.model.z_image_vae.vae", "VAE", "z-image"),
+    ("mflux.models.flux.model.flux_vae.vae", "VAE", "flux", True),
+    ("mflux.models.z_image.model.z_image_vae.vae", "VAE", "z-image", True),
+    ("mflux.models.flux2.model.flux2_vae.vae", "Flux2VAE", "flux2", False),
 ]
 
 _originals: Dict[type, object] = {}
 
 
-# mflux wraps three decoder layers in modules of its own; everything else has diffusers' names.
+# mflux wraps three decoder layers in modules of its own, and FLUX.2's attention output
+# projection is not a list; everything else has diffusers' names.
 _MFLUX_WRAPPERS = {
     "conv_in.conv2d.": "conv_in.",
     "conv_in.conv.": "conv_in.",
@@ -48,6 +55,7 @@ _MFLUX_WRAPPERS = {
     "conv_out.conv.": "conv_out.",
     "conv_norm_out.norm.": "conv_norm_out.",
 }
+_FLUX2_ATTENTION_OUT = re.compile(r"^(mid_block\.attentions\.\d+\.)to_out(\.(?:weight|bias|scales|biases))?$")
 
 
 def _diffusers_name(mflux_key: str) -> str:
@@ -55,7 +63,14 @@ def _diffusers_name(mflux_key: str) -> str:
     for wrapped, plain in _MFLUX_WRAPPERS.items():
         if mflux_key.startswith(wrapped):
             return plain + mflux_key[len(wrapped) :]
-    return mflux_key
+    return _FLUX2_ATTENTION_OUT.sub(r"\1to_out.0\2", mflux_key)
+
+
+def _config(vae, preset: str) -> VAEConfig:
+    """The preset, with the decoder widths of this mflux decoder (FLUX.2's small decoder)."""
+    widths = tuple(reversed([block.resnets[-1].conv2.weight.shape[0] for block in vae.decoder.up_blocks]))
+    cfg = PRESETS[preset]
+    return cfg if widths == cfg.decoder_channels else replace(cfg, decoder_block_out_channels=widths)
 
 
 def fused_decoder_for(vae, preset: str) -> AutoencoderKLDecoder:
@@ -64,23 +79,28 @@ def fused_decoder_for(vae, preset: str) -> AutoencoderKLDecoder:
         "decoder." + _diffusers_name(path): {"group_size": m.group_size, "bits": m.bits, "mode": m.mode}
         for path, m in vae.decoder.named_modules() if isinstance(m, nn.QuantizedLinear)
     }
-    dec = AutoencoderKLDecoder(PRESETS[preset])
+    cfg = _config(vae, preset)
+    dec = AutoencoderKLDecoder(cfg)
     if quantized:
         nn.quantize(dec, class_predicate=lambda path, m: quantized.get(path, False))
     weights: List[Tuple[str, mx.array]] = [
         ("decoder." + _diffusers_name(k), v) for k, v in tree_flatten(vae.decoder.parameters())
     ]
+    if cfg.use_post_quant_conv:
+        weights += [("post_quant_conv." + k, v) for k, v in tree_flatten(vae.post_quant_conv.parameters())]
+    if cfg.latents_batch_norm:  # not used by decode; shared so that the tree loads strictly
+        weights += [("bn.running_mean", vae.bn.running_mean), ("bn.running_var", vae.bn.running_var)]
     dec.load_weights(weights, strict=True)
     return dec
 
 
-def _fused_decode(preset: str):
+def _fused_decode(preset: str, frame_axis: bool):
     def decode(self, latents: mx.array) -> mx.array:
         if latents.ndim == 5:
             latents = latents[:, :, 0, :, :]
         z = (latents / self.scaling_factor) + self.shift_factor
-        image = fused_decoder_for(self, preset).decode(z.transpose(0, 2, 3, 1))
-        return image.transpose(0, 3, 1, 2)[:, :, None, :, :]
+        image = fused_decoder_for(self, preset).decode(z.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        return image[:, :, None, :, :] if frame_axis else image
 
     decode.__doc__ = f"fusedconv's fused decode (patched in by fusedconv.integrations.mflux, preset {preset!r})."
     return decode
@@ -89,12 +109,13 @@ def _fused_decode(preset: str):
 def patch() -> List[str]:
     """Makes the covered mflux VAEs decode through fusedconv. Returns the patched classes.
     Every module is imported before any class is patched: a failed import patches nothing."""
-    classes = [(getattr(importlib.import_module(m), c), f"{m}.{c}", preset) for m, c, preset in COVERED]
-    for cls, _, preset in classes:
+    classes = [(getattr(importlib.import_module(m), c), f"{m}.{c}", preset, frames)
+               for m, c, preset, frames in COVERED]
+    for cls, _, preset, frames in classes:
         if cls not in _originals:
             _originals[cls] = cls.decode
-            cls.decode = _fused_decode(preset)
-    return [name for _, name, _ in classes]
+            cls.decode = _fused_decode(preset, frames)
+    return [name for _, name, _, _ in classes]
 
 
 def unpatch() -> None:
