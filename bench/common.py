@@ -38,6 +38,7 @@ def machine_info() -> dict:
         "device": str(mx.default_device()),
         "metal": bool(mx.metal.is_available()),
         "fusedconv_cpu_isa": ext.cpu_isa(),
+        "fusedconv_cpu_isa_calibration_s": ext.cpu_isa_timings(),
         # settings that change what ran: thread counts, forced ISAs, oneDNN's ISA cap
         "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

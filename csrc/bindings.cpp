@@ -48,6 +48,13 @@ NB_MODULE(_ext, m) {
         "budget"_a, "Query rows per chunk of the attention composition within `budget` bytes of scores.");
   m.def("cpu_isa", [] { return std::string(fusedconv::cpu::isa_name(fusedconv::cpu::active_isa())); },
         "Instruction set the CPU kernels use now (FUSEDCONV_CPU_ISA=<name> forces one this CPU supports).");
+  m.def("cpu_isa_timings",
+        [] {
+          nb::dict out;
+          for (const auto& t : fusedconv::cpu::calibration()) out[fusedconv::cpu::isa_name(t.isa)] = t.seconds;
+          return out;
+        },
+        "Seconds of each CPU build on the calibration conv (measured once per process; the fastest runs).");
   m.def("cpu_isas", [] { return fusedconv::cpu::available_isas(); },
         "Comma-separated instruction sets this machine can run.");
 }

@@ -70,10 +70,10 @@ void run(const Conv3x3Params& p, const Conv3x3Buffers& b, const Conv3x3CpuPlan& 
 
 }  // namespace
 
-Conv3x3CpuPlan plan_conv3x3(const Conv3x3Params& p, DType dt, int threads) {
+Conv3x3CpuPlan plan_conv3x3(const Conv3x3Params& p, DType dt, int threads, const IsaKernels* kernels) {
   Conv3x3CpuPlan plan{};
   const bool even_channels = p.c % 2 == 0 && p.shortcut_c % 2 == 0;
-  plan.kernel = active_kernels().conv3x3(dt, even_channels);
+  plan.kernel = (kernels ? *kernels : active_kernels()).conv3x3(dt, even_channels);
   const int rows = plan.kernel.rows;
   const size_t elem_bytes = plan.kernel.channel_pairs ? sizeof(bf16) : sizeof(float);
   int strip = int(kHaloBudgetBytes / (3 * size_t(p.c) * elem_bytes)) - 2;

@@ -66,8 +66,11 @@ struct Conv3x3CpuPlan {
   }
 };
 
-// Picks the kernel of the active instruction set (isa.h) and the tiling.
-Conv3x3CpuPlan plan_conv3x3(const Conv3x3Params& p, DType dt, int threads);
+struct IsaKernels;
+
+// Picks the kernel of the given instruction-set build (default: the active one, isa.h)
+// and the tiling.
+Conv3x3CpuPlan plan_conv3x3(const Conv3x3Params& p, DType dt, int threads, const IsaKernels* kernels = nullptr);
 
 // Runs the whole convolution on `plan.threads` threads; scratch holds
 // plan.scratch_floats() floats.

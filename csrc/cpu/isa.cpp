@@ -1,8 +1,13 @@
 #include "cpu/isa.h"
 
+#include "cpu/parallel.h"
+
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
+#include <chrono>
 #include <stdexcept>
+#include <vector>
 
 #if defined(FUSEDCONV_X86_KERNELS)
 #include <cpuid.h>
@@ -50,23 +55,71 @@ const char* isa_name(Isa isa) {
 }
 
 
+namespace {
+
+const IsaKernels& kernels_of(Isa isa) {
+  switch (isa) {
+#if defined(FUSEDCONV_X86_KERNELS)
+    case Isa::avx2: return avx2::kernels;
+    case Isa::avx512: return avx512::kernels;
+    case Isa::avx512bf16: return avx512bf16::kernels;
+#endif
+    default: return generic::kernels;
+  }
+}
+
+// A decoder-like conv: big enough (0.6 GFLOP) that the GEMM step, not the per-call
+// overhead, decides (a 128-channel 8x64 conv measured within 10% where whole decodes
+// differed 1.8x), small enough to time all builds in ~50 ms.
+double time_conv(Isa isa) {
+  constexpr int kH = 16, kW = 64, kC = 256;
+  const Conv3x3Params p{1, kH, kW, kC, kH, kW, kC, 32, 1, 1, 0, 0, 0, 0};
+  const Conv3x3CpuPlan plan = plan_conv3x3(p, DType::bf16, default_threads(), &kernels_of(isa));
+  std::vector<bf16> x(size_t(kH) * kW * kC, bf16{0x3f80}), w(size_t(kC) * 9 * kC, bf16{0x3c00}),
+      gamma(kC, bf16{0x3f80}), beta(kC, bf16{0}), out(size_t(kH) * kW * kC);
+  std::vector<float> stats(32 * 2, 1.0f), scratch(plan.scratch_floats());
+  const Conv3x3Buffers b{x.data(), w.data(), stats.data(), gamma.data(), beta.data(), nullptr, nullptr,
+                         nullptr, nullptr, nullptr, out.data()};
+  double best = 1e30;
+  for (int rep = 0; rep < 4; ++rep) {  // the first warms caches and the worker pool
+    const auto t0 = std::chrono::steady_clock::now();
+    conv3x3(p, DType::bf16, b, plan, scratch.data());
+    const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (rep > 0) best = std::min(best, t);
+  }
+  return best;
+}
+
+}  // namespace
+
+const std::vector<IsaTiming>& calibration() {
+  // The portable build only where it is the only one (a SIMD build always beats it).
+  static const std::vector<IsaTiming> timings = [] {
+    std::vector<IsaTiming> out;
+    for (Isa isa : kAll)
+      if (cpu_supports(isa) && (isa != Isa::generic || !cpu_supports(Isa::avx2))) out.push_back({isa, time_conv(isa)});
+    return out;
+  }();
+  return timings;
+}
+
 Isa active_isa() {
   const char* forced = std::getenv("FUSEDCONV_CPU_ISA");
-  if (forced && !*forced) forced = nullptr;
-  Isa best = Isa::generic;
-  for (Isa isa : kAll) {
-    if (!cpu_supports(isa)) continue;
-    if (forced && std::strcmp(forced, isa_name(isa)) == 0) return isa;
-    // avx512bf16 only when asked for: on the Xeon (Emerald Rapids) we measured,
-    // vdpbf16ps ran at 85 GFLOP/s a core against 110 for f32 FMA (bench/reports/
-    // xeon_emr_2t/), so the f32 avx512 kernels were faster for bf16 too.
-    if (isa != Isa::avx512bf16) best = isa;
-  }
-  if (forced) {
+  if (forced && *forced) {
+    for (Isa isa : kAll)
+      if (cpu_supports(isa) && std::strcmp(forced, isa_name(isa)) == 0) return isa;
     throw std::invalid_argument(std::string("FUSEDCONV_CPU_ISA=") + forced +
                                 " names no CPU kernel build this machine runs (" + available_isas() + ")");
   }
-  return best;
+  // The fastest build, where a later (wider) build must win by 10%: close timings would
+  // otherwise pick either from one process to the next (and the builds round differently).
+  static const Isa chosen = [] {
+    IsaTiming best = calibration().front();
+    for (const IsaTiming& t : calibration())
+      if (t.seconds < 0.9 * best.seconds) best = t;
+    return best.isa;
+  }();
+  return chosen;
 }
 
 std::string available_isas() {
@@ -79,15 +132,6 @@ std::string available_isas() {
   return out;
 }
 
-const IsaKernels& active_kernels() {
-  switch (active_isa()) {
-#if defined(FUSEDCONV_X86_KERNELS)
-    case Isa::avx2: return avx2::kernels;
-    case Isa::avx512: return avx512::kernels;
-    case Isa::avx512bf16: return avx512bf16::kernels;
-#endif
-    default: return generic::kernels;
-  }
-}
+const IsaKernels& active_kernels() { return kernels_of(active_isa()); }
 
 }  // namespace fusedconv::cpu

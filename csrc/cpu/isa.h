@@ -9,6 +9,9 @@
 #include "cpu/conv3x3.h"
 #include "cpu/linear.h"
 
+#include <string>
+#include <vector>
+
 namespace fusedconv::cpu {
 
 enum class Isa { generic, avx2, avx512, avx512bf16 };
@@ -23,14 +26,25 @@ struct IsaKernels {
 // The builds, each a superset of the one before: "generic" (portable), "avx2"
 // (AVX2 + FMA + F16C; x86-64), "avx512" (AVX-512 F/BW/DQ/VL: 16-lane GEMM steps)
 // and "avx512bf16" (the avx512 build, with bf16 convolutions on AVX512-BF16 dot
-// products). active_isa() is the last one this CPU runs, avx512bf16 excepted:
-// that one runs only when FUSEDCONV_CPU_ISA names it (see isa.cpp).
-// FUSEDCONV_CPU_ISA=<name> forces a build the CPU supports (tests cover each);
-// any other name throws std::invalid_argument (a ValueError in Python).
+// products). active_isa() is the fastest this CPU runs, by measurement (calibration()),
+// because which one wins depends on the micro-architecture: vdpbf16ps lost to f32 FMA
+// on an Emerald Rapids Xeon and won 1.8x on a Zen 5. FUSEDCONV_CPU_ISA=<name> forces a
+// build the CPU supports (tests cover each); any other name throws std::invalid_argument
+// (a ValueError in Python).
 Isa active_isa();
 const char* isa_name(Isa isa);
 std::string available_isas();  // comma-separated, slowest first
 const IsaKernels& active_kernels();
+
+// Seconds of each SIMD build this CPU runs (the portable one where there is none) on a
+// decoder-like bf16 conv (GroupNorm + SiLU, 16x64 pixels, 256 -> 256 channels; best of 3
+// after a warm-up), measured once per process at the first active_isa() that
+// FUSEDCONV_CPU_ISA does not decide.
+struct IsaTiming {
+  Isa isa;
+  double seconds;
+};
+const std::vector<IsaTiming>& calibration();
 
 namespace generic {
 extern const IsaKernels kernels;

@@ -119,6 +119,7 @@ def report() -> dict:
         "metal_device": mx.metal.device_info() if mx.metal.is_available() else None,
         "metallib": str(metallib) if metallib.exists() else None,
         "cpu_build": ext.cpu_isa(), "cpu_builds_available": ext.cpu_isas().split(","),
+        "cpu_build_calibration_s": ext.cpu_isa_timings(),
         "default_device": str(mx.default_device()),
     }
     info["checks"] = _checks(gpu)
@@ -129,7 +130,9 @@ def report() -> dict:
 def main(json_path: str | None = None) -> int:
     info = report()
     print(f"fusedconv {info['fusedconv']}, MLX {info['mlx']}, Python {info['python']}, {info['platform']}")
-    print(f"  CPU kernel build: {info['cpu_build']} (available: {', '.join(info['cpu_builds_available'])})")
+    timings = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in info["cpu_build_calibration_s"].items())
+    print(f"  CPU kernel build: {info['cpu_build']} (available: {', '.join(info['cpu_builds_available'])}; "
+          f"calibration conv: {timings})")
     if not info["built_with_metal"]:
         print("  Metal: not in this build (MLX without Metal); GPU checks skipped")
     else:

@@ -28,8 +28,8 @@ def reference_conv3x3(x, weight, bias=None, *, group_norm=None, silu=False, upsa
 def reference_activation(x, *, group_norm=None, silu=False, upsample=1):
     """The conv's input as the composition materialises it: GroupNorm -> SiLU -> Upsample."""
     h = x
-    if norm is not None:
-        gamma, beta, groups, eps = norm
+    if group_norm is not None:
+        gamma, beta, groups, eps = group_norm
         gn = nn.GroupNorm(groups, x.shape[-1], eps=eps, pytorch_compatible=True)
         gn.weight, gn.bias = gamma, beta
         h = gn(h)
