@@ -97,19 +97,20 @@ def plot(results: list, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_mem, ax_time) = plt.subplots(1, 2, figsize=(11, 4.2))
-    colors = dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:green")))
-    for method in METHODS:
-        rows = sorted((r for r in results if r["method"] == method and "error" not in r and "skipped" not in r),
+    labels = list(dict.fromkeys(r["label"] for r in results))
+    colors = dict(zip(labels, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
+    for label in labels:
+        rows = sorted((r for r in results if r["label"] == label and "error" not in r and "skipped" not in r),
                       key=lambda r: r["size"])
         if not rows:
             continue
         sizes = [r["size"] for r in rows]
-        c = colors[method]
-        ax_mem.plot(sizes, [r["max_rss_bytes"] / MiB for r in rows], "o-", color=c, label=f"{method} (max RSS)")
-        if method != "diffusers":
+        c = colors[label]
+        ax_mem.plot(sizes, [r["max_rss_bytes"] / MiB for r in rows], "o-", color=c, label=f"{label} (max RSS)")
+        if rows[0]["method"] != "diffusers":
             ax_mem.plot(sizes, [r["peak_alloc_bytes"] / MiB for r in rows], "s--", color=c,
-                        label=f"{method} (MLX allocator peak)")
-        ax_time.plot(sizes, [r["median_s"] for r in rows], "o-", color=c, label=f"{method} ({rows[0]['dtype']})")
+                        label=f"{label} (MLX allocator peak)")
+        ax_time.plot(sizes, [r["median_s"] for r in rows], "o-", color=c, label=f"{label} ({rows[0]['dtype']})")
     # The floor of the MLX dtype (the diffusers rows may run in another dtype).
     floors = sorted({(r["size"], r["floor_bytes"]) for r in results
                      if "floor_bytes" in r and r["method"] != "diffusers"})
@@ -134,9 +135,9 @@ def main(argv=None) -> int:
     p.add_argument("--config", default="flux")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                    help="dtype of the MLX decoder")
-    p.add_argument("--torch-dtype", default="float32", choices=["bfloat16", "float16", "float32"],
-                   help="dtype of diffusers/PyTorch (float32 by default: PyTorch's bf16 convs are fast only "
-                        "on CPUs with AVX-512 BF16 / AMX)")
+    p.add_argument("--torch-dtype", nargs="+", default=["float32"], choices=["bfloat16", "float16", "float32"],
+                   help="dtype(s) of diffusers/PyTorch, each a row (float32 by default: PyTorch's bf16 convs are "
+                        "fast only on CPUs with AVX-512 BF16 / AMX)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--reference-repeats", type=int, default=1,
                    help="timed runs of the unfused MLX path (tens of times slower on Linux CPU)")
@@ -155,18 +156,20 @@ def main(argv=None) -> int:
 
     weights = ensure_weights(args.config, args.seed, args.out)
     results = []
+    runs = [(m, d) for m in args.methods for d in (args.torch_dtype if m == "diffusers" else [args.dtype])]
     for size in args.sizes:
-        for method in args.methods:
+        for method, dtype in runs:
+            label = f"diffusers {dtype}" if method == "diffusers" else method
             if method == "reference" and size > args.reference_max_size:
-                results.append({"method": method, "size": size,
+                results.append({"method": method, "label": label, "size": size,
                                 "skipped": f"above --reference-max-size {args.reference_max_size}"})
                 continue
-            dtype = args.torch_dtype if method == "diffusers" else args.dtype
             repeats = args.reference_repeats if method == "reference" else args.repeats
             r = run_child("bench.decoder_bench", ["--child", method, str(size), str(weights), "--dtype", dtype,
                                                   "--repeats", str(repeats), "--seed", str(args.seed)])
             r.setdefault("method", method)
             r.setdefault("size", size)
+            r["label"] = label
             results.append(r)
             print_row(r)
     print_ratios(results)
@@ -180,24 +183,23 @@ def main(argv=None) -> int:
 
 def print_row(r: dict) -> None:
     if "error" in r or "skipped" in r:
-        print(f"{r['method']:>10} {r['size']:>5}: {r.get('error') or 'skipped: ' + r['skipped']}")
+        print(f"{r['label']:>18} {r['size']:>5}: {r.get('error') or 'skipped: ' + r['skipped']}")
         return
     alloc = f"MLX peak {r['peak_alloc_bytes'] / MiB:8.1f} MiB ({r['peak_over_floor']:.2f}x floor)" \
         if "peak_alloc_bytes" in r else " " * 35
-    print(f"{r['method']:>10} {r['size']:>5}: {r['median_s']:8.2f} s [{r['min_s']:.2f}-{r['max_s']:.2f}] "
+    print(f"{r['label']:>18} {r['size']:>5}: {r['median_s']:8.2f} s [{r['min_s']:.2f}-{r['max_s']:.2f}] "
           f"{r['gflops']:6.1f} GFLOP/s  {alloc}  max RSS {r['max_rss_bytes'] / MiB:8.1f} MiB  "
           f"floor {r['floor_bytes'] / MiB:7.1f} MiB")
 
 
 def print_ratios(results: list) -> None:
-    ok = {(r["method"], r["size"]): r for r in results if "median_s" in r}
+    ok = {(r["label"], r["size"]): r for r in results if "median_s" in r}
     for size in sorted({s for _, s in ok}):
         fused = ok.get(("fused", size))
         if not fused:
             continue
-        for other in ("reference", "diffusers"):
-            o = ok.get((other, size))
-            if o:
+        for (other, s), o in ok.items():
+            if s == size and other != "fused":
                 print(f"{size}: fused/{other}: time {fused['median_s'] / o['median_s']:.2f}x, "
                       f"max RSS {fused['max_rss_bytes'] / o['max_rss_bytes']:.2f}x")
 

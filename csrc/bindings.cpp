@@ -24,8 +24,9 @@ NB_MODULE(_ext, m) {
 
   m.def("group_norm_stats", &fusedconv::group_norm_stats, "x"_a, "groups"_a, "eps"_a,
         nb::kw_only(), "stream"_a = nb::none());
+  m.def("pixel_norm_stats", &fusedconv::pixel_norm_stats, "x"_a, "eps"_a, nb::kw_only(), "stream"_a = nb::none());
   m.def("conv3x3", &fusedconv::conv3x3, "x"_a, "weight"_a, "bias"_a.none(), "stats"_a.none(),
-        "gamma"_a.none(), "beta"_a.none(), "silu"_a, "upsample"_a, "residual"_a.none(),
+        "gamma"_a.none(), "beta"_a.none(), "pixel_norm"_a, "silu"_a, "upsample"_a, "residual"_a.none(),
         "shortcut_x"_a.none(), "shortcut_weight"_a.none(), "shortcut_bias"_a.none(), nb::kw_only(), "stream"_a = nb::none());
   m.def("linear", &fusedconv::linear, "x"_a, "weight"_a, "bias"_a.none(), nb::kw_only(),
         "stream"_a = nb::none());
@@ -35,6 +36,7 @@ NB_MODULE(_ext, m) {
         [](const std::string& op, mx::StreamOrDevice s) {
           using fusedconv::Op;
           const std::pair<const char*, Op> ops[] = {{"group_norm_stats", Op::group_norm_stats},
+                                                    {"pixel_norm_stats", Op::pixel_norm_stats},
                                                     {"conv3x3", Op::conv3x3}, {"linear", Op::linear},
                                                     {"attention", Op::attention}};
           for (const auto& [name, value] : ops)

@@ -19,6 +19,7 @@ namespace {
 }  // namespace
 
 void GroupNormStats::eval_gpu(const std::vector<mx::array>&, mx::array&) { unreachable(name()); }
+void PixelNormStats::eval_gpu(const std::vector<mx::array>&, mx::array&) { unreachable(name()); }
 void FusedConv3x3::eval_gpu(const std::vector<mx::array>&, mx::array&) { unreachable(name()); }
 void Linear::eval_gpu(const std::vector<mx::array>&, mx::array&) { unreachable(name()); }
 void Attention::eval_gpu(const std::vector<mx::array>&, mx::array&) { unreachable(name()); }

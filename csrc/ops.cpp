@@ -83,10 +83,22 @@ mx::array group_norm_stats(const mx::array& x, int groups, float eps, mx::Stream
                    {mx::contiguous(x, false, stream)});
 }
 
+mx::array pixel_norm_stats(const mx::array& x, float eps, mx::StreamOrDevice s) {
+  check_image("x", x);
+  if (!(eps > 0.0f) || !std::isfinite(eps)) fail("eps: must be finite and > 0");
+  const mx::Stream stream = mx::to_stream(s);
+  if (!has_kernel(stream, Op::pixel_norm_stats)) return reference::pixel_norm_stats(x, eps, stream);
+  const Fallback fallback = [eps, stream](const std::vector<mx::array>& in) {
+    return std::vector<mx::array>{reference::pixel_norm_stats(in[0], eps, stream)};
+  };
+  return mx::array({x.shape(0), x.shape(1), x.shape(2)}, mx::float32,
+                   std::make_shared<PixelNormStats>(stream, fallback, eps), {mx::contiguous(x, false, stream)});
+}
+
 mx::array conv3x3(const mx::array& x, const mx::array& weight,
                   const std::optional<mx::array>& bias, const std::optional<mx::array>& stats,
                   const std::optional<mx::array>& gamma, const std::optional<mx::array>& beta,
-                  bool silu, int upsample, const std::optional<mx::array>& residual,
+                  bool pixel_norm, bool silu, int upsample, const std::optional<mx::array>& residual,
                   const std::optional<mx::array>& shortcut_x,
                   const std::optional<mx::array>& shortcut_weight,
                   const std::optional<mx::array>& shortcut_bias, mx::StreamOrDevice s) {
@@ -116,15 +128,20 @@ mx::array conv3x3(const mx::array& x, const mx::array& weight,
   const bool any_norm = stats || gamma || beta;
   if (any_norm) {
     if (!(stats && gamma && beta)) fail("norm: expected (stats, gamma, beta), all three arrays");
-    if (stats->ndim() != 3 || stats->shape(0) != n || stats->shape(2) != 2) {
-      fail("norm stats: expected shape (" + std::to_string(n) +
-           ", G, 2) from group_norm_stats(x, G), got " + shape_str(stats->shape()));
-    }
-    check_dtype("norm stats", *stats, mx::float32, "the float32 of group_norm_stats");
-    const int groups = stats->shape(1);
-    if (groups <= 0 || c % groups != 0) {
-      fail("norm stats: " + std::to_string(groups) + " groups do not divide the " +
-           std::to_string(c) + " channels of x");
+    if (pixel_norm) {
+      check_shape("norm stats", *stats, {n, x.shape(1), x.shape(2)}, "from pixel_norm_stats(x)");
+      check_dtype("norm stats", *stats, mx::float32, "the float32 of pixel_norm_stats");
+    } else {
+      if (stats->ndim() != 3 || stats->shape(0) != n || stats->shape(2) != 2) {
+        fail("norm stats: expected shape (" + std::to_string(n) +
+             ", G, 2) from group_norm_stats(x, G), got " + shape_str(stats->shape()));
+      }
+      check_dtype("norm stats", *stats, mx::float32, "the float32 of group_norm_stats");
+      const int groups = stats->shape(1);
+      if (groups <= 0 || c % groups != 0) {
+        fail("norm stats: " + std::to_string(groups) + " groups do not divide the " +
+             std::to_string(c) + " channels of x");
+      }
     }
     check_shape("norm gamma", *gamma, {c}, "(one per channel of x)");
     check_shape("norm beta", *beta, {c}, "(one per channel of x)");
@@ -163,7 +180,8 @@ mx::array conv3x3(const mx::array& x, const mx::array& weight,
       inputs.shortcut_bias = in(*shortcut_bias);
     }
   }
-  const Conv3x3Options opts = inputs.options(silu, upsample);
+  if (pixel_norm && !any_norm) fail("norm: pixel_norm needs (stats, gamma, beta) from pixel_norm_stats");
+  const Conv3x3Options opts = inputs.options(pixel_norm, silu, upsample);
   if (!has_kernel(stream, Op::conv3x3)) return reference::conv3x3(inputs, opts, stream);
   const Fallback fallback = [opts, stream](const std::vector<mx::array>& in) {
     return std::vector<mx::array>{reference::conv3x3(Conv3x3Inputs::unpack(in, opts), opts, stream)};

@@ -19,10 +19,14 @@ struct DTypeError : std::invalid_argument {
 
 mx::array group_norm_stats(const mx::array& x, int groups, float eps, mx::StreamOrDevice s = {});
 
+// sqrt(C) / max(||x[n, h, w, :]||_2, eps) per pixel: float32 [N, H, W].
+mx::array pixel_norm_stats(const mx::array& x, float eps, mx::StreamOrDevice s = {});
+
+// stats: group_norm_stats' [N, G, 2], or with pixel_norm pixel_norm_stats' [N, H, W].
 mx::array conv3x3(const mx::array& x, const mx::array& weight,
                   const std::optional<mx::array>& bias, const std::optional<mx::array>& stats,
                   const std::optional<mx::array>& gamma, const std::optional<mx::array>& beta,
-                  bool silu, int upsample, const std::optional<mx::array>& residual,
+                  bool pixel_norm, bool silu, int upsample, const std::optional<mx::array>& residual,
                   const std::optional<mx::array>& shortcut_x,
                   const std::optional<mx::array>& shortcut_weight,
                   const std::optional<mx::array>& shortcut_bias, mx::StreamOrDevice s = {});

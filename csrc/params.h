@@ -20,7 +20,8 @@ struct Conv3x3Params {
   int n;          // batch
   int h, w, c;    // input height, width, channels
   int ho, wo, o;  // output height, width, channels (ho = h * upsample)
-  int groups;     // GroupNorm groups; 0 when the input is not normalised
+  int groups;     // GroupNorm groups; 0 when the input is not group-normalised
+  int pixel_norm;  // 1: normalise each input pixel by its own statistic (stats [N,H,W]) instead
   int upsample;   // 1 or 2 (nearest)
   int silu;       // apply SiLU after the norm (or to the raw input without norm)
   int has_bias;
@@ -28,6 +29,14 @@ struct Conv3x3Params {
   int shortcut_c;  // > 0: add a 1x1 conv of a second [N,Ho,Wo,shortcut_c] input (a
                    // resnet's channel-changing shortcut) instead of a residual array
   int has_shortcut_bias;
+};
+
+// Per-pixel statistics: sqrt(C) / max(||x[n, y, x, :]||_2, eps), the scale of
+// F.normalize(x, dim=channels) * sqrt(C) (the RMS norm of the Wan / Qwen-Image VAE).
+struct PixelNormStatsParams {
+  fc_int64 pixels;  // N * H * W
+  int c;
+  float eps;
 };
 
 struct GroupNormStatsParams {

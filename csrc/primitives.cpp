@@ -115,12 +115,35 @@ std::pair<std::vector<mx::array>, std::vector<int>> GroupNormStats::vmap(const s
   return {{unfold_batch(out, size, stream())}, {0}};
 }
 
+// ---- PixelNormStats -------------------------------------------------------------------
+
+PixelNormStatsParams PixelNormStats::params(const mx::array& x) const {
+  return PixelNormStatsParams{fc_int64(x.size() / x.shape(3)), x.shape(3), eps_};
+}
+
+bool PixelNormStats::is_equivalent(const mx::Primitive& other) const {
+  return eps_ == static_cast<const PixelNormStats&>(other).eps_;
+}
+
+std::vector<mx::Shape> PixelNormStats::output_shapes(const std::vector<mx::array>& inputs) {
+  return {{inputs[0].shape(0), inputs[0].shape(1), inputs[0].shape(2)}};
+}
+
+std::pair<std::vector<mx::array>, std::vector<int>> PixelNormStats::vmap(const std::vector<mx::array>& inputs,
+                                                                         const std::vector<int>& axes) {
+  const int size = mapped_size(inputs, axes);
+  std::vector<mx::array> in = inputs;
+  fold_into_batch(in, axes, {0}, size, stream());
+  mx::array out(output_shapes(in)[0], mx::float32, std::make_shared<PixelNormStats>(stream(), fallback_, eps_), in);
+  return {{unfold_batch(out, size, stream())}, {0}};
+}
+
 // ---- FusedConv3x3 --------------------------------------------------------------------
 
 Conv3x3Slots Conv3x3Slots::of(const Conv3x3Options& o) {
   Conv3x3Slots s;
   int next = 2;
-  if (o.groups) s.stats = next++, s.gamma = next++, s.beta = next++;
+  if (o.groups || o.pixel_norm) s.stats = next++, s.gamma = next++, s.beta = next++;
   if (o.has_bias) s.bias = next++;
   if (o.has_residual) s.residual = next++;
   if (o.has_shortcut) {
@@ -138,9 +161,10 @@ std::vector<int> Conv3x3Slots::per_image() const {
   return out;
 }
 
-Conv3x3Options Conv3x3Inputs::options(bool silu, int upsample) const {
+Conv3x3Options Conv3x3Inputs::options(bool pixel_norm, bool silu, int upsample) const {
   Conv3x3Options o;
-  o.groups = stats ? stats->shape(1) : 0;
+  o.groups = stats && !pixel_norm ? stats->shape(1) : 0;
+  o.pixel_norm = stats && pixel_norm;
   o.silu = silu;
   o.upsample = upsample;
   o.has_bias = bias.has_value();
@@ -172,7 +196,7 @@ Conv3x3Params FusedConv3x3::params(const std::vector<mx::array>& inputs) const {
   const mx::array& x = inputs[s.x];
   const int up = opts_.upsample;
   return Conv3x3Params{x.shape(0), x.shape(1), x.shape(2), x.shape(3), x.shape(1) * up, x.shape(2) * up,
-                       inputs[s.weight].shape(0), opts_.groups, up, int(opts_.silu), int(opts_.has_bias),
+                       inputs[s.weight].shape(0), opts_.groups, int(opts_.pixel_norm), up, int(opts_.silu), int(opts_.has_bias),
                        int(opts_.has_residual), s.shortcut_x >= 0 ? inputs[s.shortcut_x].shape(3) : 0,
                        int(opts_.has_shortcut_bias)};
 }

@@ -21,7 +21,7 @@ namespace fusedconv {
 
 namespace mx = mlx::core;
 
-enum class Op { group_norm_stats, conv3x3, linear, attention };
+enum class Op { group_norm_stats, pixel_norm_stats, conv3x3, linear, attention };
 
 // Whether the backend of `s` has a kernel for `op`: the CPU has all; a GPU what the
 // GPU backend this extension was built with provides (gpu_has_kernel, defined by that
@@ -83,9 +83,27 @@ class GroupNormStats : public FusedPrimitive {
   float eps_;
 };
 
+// inputs: x [N,H,W,C]; output: float32 [N,H,W], sqrt(C) / max(||x[n,h,w,:]||, eps).
+class PixelNormStats : public FusedPrimitive {
+ public:
+  PixelNormStats(mx::Stream s, Fallback f, float eps) : FusedPrimitive(s, std::move(f)), eps_(eps) {}
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
+  void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) override;
+  const char* name() const override { return "PixelNormStats"; }
+  bool is_equivalent(const mx::Primitive& other) const override;
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+  std::pair<std::vector<mx::array>, std::vector<int>> vmap(const std::vector<mx::array>& inputs,
+                                                           const std::vector<int>& axes) override;
+  PixelNormStatsParams params(const mx::array& x) const;
+
+ private:
+  float eps_;
+};
+
 // Which optional inputs a FusedConv3x3 node carries.
 struct Conv3x3Options {
-  int groups = 0;  // > 0: normalise on load with (stats, gamma, beta)
+  int groups = 0;           // > 0: group-normalise on load with (stats [N,G,2], gamma, beta)
+  bool pixel_norm = false;  // or normalise each pixel with (stats [N,H,W], gamma, beta)
   bool silu = false;
   int upsample = 1;
   bool has_bias = false;
@@ -112,7 +130,7 @@ struct Conv3x3Inputs {
   mx::array x, weight;
   std::optional<mx::array> stats, gamma, beta, bias, residual, shortcut_x, shortcut_w, shortcut_bias;
 
-  Conv3x3Options options(bool silu, int upsample) const;
+  Conv3x3Options options(bool pixel_norm, bool silu, int upsample) const;
   std::vector<mx::array> pack() const;
   static Conv3x3Inputs unpack(const std::vector<mx::array>& inputs, const Conv3x3Options& opts);
 };

@@ -1,6 +1,7 @@
 #include "reference.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "mlx/ops.h"
 
@@ -14,11 +15,21 @@ mx::array group_norm_stats(const mx::array& x, int groups, float eps, mx::Stream
   return mx::stack({mean, mx::rsqrt(mx::add(var, mx::array(eps), s), s)}, -1, s);
 }
 
+mx::array pixel_norm_stats(const mx::array& x, float eps, mx::StreamOrDevice s) {
+  const mx::array x32 = mx::astype(x, mx::float32, s);
+  const mx::array norm = mx::sqrt(mx::sum(mx::square(x32, s), -1, false, s), s);
+  return mx::divide(mx::array(std::sqrt(float(x.shape(3)))), mx::maximum(norm, mx::array(eps), s), s);
+}
+
 mx::array conv3x3(const Conv3x3Inputs& in, const Conv3x3Options& o, mx::StreamOrDevice s) {
   const int n = in.x.shape(0), h = in.x.shape(1), w = in.x.shape(2), c = in.x.shape(3);
   mx::array a = in.x;
-  if (o.groups || o.silu) {  // in f32, rounded to the storage dtype once, as the kernels do
+  if (o.groups || o.pixel_norm || o.silu) {  // in f32, rounded to the storage dtype once, as the kernels do
     mx::array v = mx::astype(in.x, mx::float32, s);
+    if (o.pixel_norm) {
+      v = mx::multiply(v, mx::expand_dims(*in.stats, -1, s), s);
+      v = mx::add(mx::multiply(v, mx::astype(*in.gamma, mx::float32, s), s), mx::astype(*in.beta, mx::float32, s), s);
+    }
     if (o.groups) {
       const int g = o.groups;
       const mx::array mean = mx::reshape(mx::slice(*in.stats, {0, 0, 0}, {n, g, 1}, s), {n, 1, 1, g, 1}, s);

@@ -19,7 +19,10 @@ constexpr size_t kAttentionScoresBudget = size_t(64) << 20;
 // float32 [N, G, 2]: mean and 1/sqrt(var + eps) per (image, group), PyTorch grouping.
 mx::array group_norm_stats(const mx::array& x, int groups, float eps, mx::StreamOrDevice s = {});
 
-// GroupNorm (from the given statistics) -> SiLU -> rounding to x's dtype -> nearest 2x
+// float32 [N, H, W]: sqrt(C) / max(||x[n, h, w, :]||_2, eps).
+mx::array pixel_norm_stats(const mx::array& x, float eps, mx::StreamOrDevice s = {});
+
+// GroupNorm or the per-pixel norm (from the given statistics) -> SiLU -> rounding to x's dtype -> nearest 2x
 // upsample -> conv2d(padding 1) -> + bias -> + residual or the 1x1 shortcut.
 mx::array conv3x3(const Conv3x3Inputs& in, const Conv3x3Options& opts, mx::StreamOrDevice s = {});
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,12 +30,23 @@ def test_op_bench(tmp_path):
 
 def test_decoder_bench(tmp_path):
     out = run_bench("bench.decoder_bench", "--sizes", "16", "32", "--repeats", "1", "--reference-max-size", "16",
-                    "--out", str(tmp_path))
-    assert "fused/diffusers" in out
+                    "--torch-dtype", "float32", "bfloat16", "--out", str(tmp_path))
+    assert "fused/diffusers float32" in out and "fused/diffusers bfloat16" in out
     data = json.loads((tmp_path / "decoder_flux_bfloat16.json").read_text())
     by = {(r["method"], r["size"]): r for r in data["results"]}
     assert by[("fused", 32)]["peak_over_floor"] > 0 and by[("diffusers", 32)]["max_rss_bytes"] > 0
     assert "skipped" in by[("reference", 32)] and "median_s" in by[("reference", 16)]
     assert (tmp_path / "decoder_flux_bfloat16.png").stat().st_size > 0
     table = run_bench("bench.report", str(tmp_path / "decoder_flux_bfloat16.json"))
-    assert "| 32 | fused |" in table and "fused takes" in table
+    assert "| 32 | fused |" in table and "| 32 | diffusers bfloat16 |" in table and "fused takes" in table
+    assert data["machine"]["fusedconv_cpu_isa_calibration_s"]
+
+
+def test_mflux_bench(tmp_path):
+    pytest.importorskip("mflux", reason="mflux 0.24 is installed by .ci/run")
+    out = run_bench("bench.mflux_bench", "--vaes", "flux2-small", "--sizes", "32", "--out", str(tmp_path))
+    assert "low_memory" in out and "legacy" in out
+    data = json.loads((tmp_path / "mflux_flux2-small.json").read_text())
+    assert {r["method"] for r in data["results"] if "median_s" in r} == {"fused", "low_memory", "legacy"}
+    assert (tmp_path / "mflux_flux2-small.png").stat().st_size > 0
+    assert "fused takes" in run_bench("bench.report", str(tmp_path / "mflux_flux2-small.json"))

@@ -61,4 +61,4 @@ def test_cpu_kernels_are_clean_under_asan_and_ubsan(runner, isa):
     res = subprocess.run([str(runner)], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-4000:]
     assert f"isa {isa}" in res.stdout and "0 failures" in res.stdout
-    assert res.stdout.count("ok  ") == 3 * 15
+    assert res.stdout.count("ok  ") == 3 * 17

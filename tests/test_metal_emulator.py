@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import fusedconv
-from metal_emu.harness import (METAL_DIALECTS, METAL_DIR, RunnerError, compile_runner, run_conv3x3, run_stats,
-                               typecheck)
+from metal_emu.harness import (METAL_DIALECTS, METAL_DIR, RunnerError, compile_runner, run_conv3x3,
+                               run_pixel_stats, run_stats, typecheck)
 from reference import UNIT_ROUNDOFF, normalized_error
 
 DTYPES = [mx.float32, mx.float16, mx.bfloat16]
@@ -44,12 +44,15 @@ def rand(rng, shape, dtype, scale=1.0, loc=0.0):
 
 
 def conv_case(seed, dtype, n, h, w, c, o, groups, upsample, *, norm=True, silu=True, bias=True, tail="residual",
-              shortcut_c=24):
+              shortcut_c=24, pixel_norm=False):
     rng = np.random.default_rng(seed)
     x = rand(rng, (n, h, w, c), dtype)
     kw = dict(silu=silu, upsample=upsample)
     kw["bias"] = rand(rng, (o,), dtype, 0.1) if bias else None
-    if norm:
+    if pixel_norm:
+        kw["stats"], kw["pixel_norm"] = fusedconv.pixel_norm_stats(x), True
+        kw["gamma"], kw["beta"] = rand(rng, (c,), dtype, 0.3, 1.0), rand(rng, (c,), dtype, 0.3)
+    elif norm:
         kw["stats"] = fusedconv.group_norm_stats(x, groups, 1e-6)
         kw["gamma"], kw["beta"] = rand(rng, (c,), dtype, 0.3, 1.0), rand(rng, (c,), dtype, 0.3)
     ho, wo = h * upsample, w * upsample
@@ -63,7 +66,8 @@ def conv_case(seed, dtype, n, h, w, c, o, groups, upsample, *, norm=True, silu=T
 
 def cpu_conv(x, weight, kw):
     norm = (kw["stats"], kw["gamma"], kw["beta"]) if "stats" in kw else None
-    return fusedconv.conv3x3(x, weight, kw.get("bias"), norm=norm, silu=kw["silu"], upsample=kw["upsample"],
+    key = "pixel_norm" if kw.get("pixel_norm") else "norm"
+    return fusedconv.conv3x3(x, weight, kw.get("bias"), **{key: norm}, silu=kw["silu"], upsample=kw["upsample"],
                              residual=kw.get("residual"), shortcut=kw.get("shortcut"))
 
 
@@ -88,6 +92,24 @@ def test_conv3x3_matches_cpu_backend(runner, tmp_path, dtype, shape):
     got = run_conv3x3(runner, tmp_path / "job", x, weight, **kw)
     want = cpu_conv(x, weight, kw)
     assert normalized_error(got, want) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1, 3, 37, 20, 40, 0, 2, "residual"), (2, 2, 9, 16, 3, 0, 1, "shortcut")],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_pixel_norm_conv3x3_matches_cpu_backend(runner, tmp_path, dtype, shape):
+    """The per-pixel (Qwen-Image RMS) norm on load, both tiles."""
+    n, h, w, c, o, _, up, tail = shape
+    x, weight, kw = conv_case(7, dtype, n, h, w, c, o, 1, up, tail=tail, pixel_norm=True)
+    got = run_conv3x3(runner, tmp_path / "job", x, weight, **kw)
+    assert normalized_error(got, cpu_conv(x, weight, kw)) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_pixel_norm_stats_matches_cpu_backend(runner, tmp_path, dtype):
+    x = rand(np.random.default_rng(8), (2, 17, 19, 24), dtype, 3.0, 1.0)  # 646 pixels: a partial threadgroup
+    got = run_pixel_stats(runner, tmp_path / "job", x, 1e-12)
+    np.testing.assert_allclose(np.array(got), np.array(fusedconv.pixel_norm_stats(x)), rtol=2e-6)
 
 
 @pytest.mark.parametrize("options", [dict(norm=False, silu=False, bias=False), dict(norm=False, silu=True),
@@ -225,5 +247,5 @@ def test_schedule_race_is_reported(tmp_path):
 
 
 def test_sources_are_found():
-    assert {p.name for p in SOURCES} == {"conv3x3.metal", "group_norm_stats.metal"}
+    assert {p.name for p in SOURCES} == {"conv3x3.metal", "group_norm_stats.metal", "pixel_norm_stats.metal"}
     assert Path(METAL_DIR / "plan.h").exists()

@@ -19,9 +19,11 @@ constexpr int kUnitsPerThread = 8;
 
 int round_up(int v, int m) { return (v + m - 1) / m * m; }
 
+// Per image and channel (mean, scale, shift) for activate(): group norm from the group's
+// statistics; the per-pixel norm as (0, gamma, beta), its pixel statistic applied per pixel.
 template <class T>
 void fill_norm(const Conv3x3Params& p, const Conv3x3Buffers& b, float* norm) {
-  const int C = p.c, cg = C / p.groups;
+  const int C = p.c, cg = p.groups ? C / p.groups : 1;
   const T* gamma = static_cast<const T*>(b.gamma);
   const T* beta = static_cast<const T*>(b.beta);
   for (int n = 0; n < p.n; ++n) {
@@ -29,9 +31,14 @@ void fill_norm(const Conv3x3Params& p, const Conv3x3Buffers& b, float* norm) {
     float* scale = mean + C;
     float* shift = mean + 2 * C;
     for (int c = 0; c < C; ++c) {
-      const float* s = b.stats + (size_t(n) * p.groups + c / cg) * 2;
-      mean[c] = s[0];
-      scale[c] = s[1] * to_f32(gamma[c]);
+      if (p.pixel_norm) {
+        mean[c] = 0.0f;
+        scale[c] = to_f32(gamma[c]);
+      } else {
+        const float* s = b.stats + (size_t(n) * p.groups + c / cg) * 2;
+        mean[c] = s[0];
+        scale[c] = s[1] * to_f32(gamma[c]);
+      }
       shift[c] = to_f32(beta[c]);
     }
   }
@@ -50,7 +57,7 @@ template <class T>
 void run(const Conv3x3Params& p, const Conv3x3Buffers& b, const Conv3x3CpuPlan& plan, float* scratch) {
   float* packed = scratch;
   float* packed_sc = p.shortcut_c ? packed + plan.packed_weight_floats : nullptr;
-  float* norm = p.groups ? packed + plan.packed_weight_floats + plan.packed_shortcut_floats : nullptr;
+  float* norm = p.groups || p.pixel_norm ? packed + plan.packed_weight_floats + plan.packed_shortcut_floats : nullptr;
   float* halos = packed + plan.packed_weight_floats + plan.packed_shortcut_floats + plan.norm_floats;
   const bool pairs = plan.kernel.channel_pairs;
   pack(static_cast<const T*>(b.weight), p.o, 9, p.c, pairs, packed, plan.threads);
@@ -91,7 +98,7 @@ Conv3x3CpuPlan plan_conv3x3(const Conv3x3Params& p, DType dt, int threads, const
   const auto floats = [&](size_t elems) { return (elems * elem_bytes + 3) / 4; };
   plan.packed_weight_floats = floats(size_t(ceil_div(p.o, kPanel)) * 9 * p.c * kPanel);
   plan.packed_shortcut_floats = floats(size_t(ceil_div(p.o, kPanel)) * p.shortcut_c * kPanel);
-  plan.norm_floats = p.groups ? size_t(p.n) * 3 * p.c : 0;
+  plan.norm_floats = p.groups || p.pixel_norm ? size_t(p.n) * 3 * p.c : 0;
   plan.halo_floats =
       halo_ring_floats(plan.strip_w + 2, p.c, elem_bytes) + size_t(plan.strip_w) * plan.kernel.panels * kPanel;
   return plan;

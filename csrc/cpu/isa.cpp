@@ -73,7 +73,7 @@ const IsaKernels& kernels_of(Isa isa) {
 // differed 1.8x), small enough to time all builds in ~50 ms.
 double time_conv(Isa isa) {
   constexpr int kH = 16, kW = 64, kC = 256;
-  const Conv3x3Params p{1, kH, kW, kC, kH, kW, kC, 32, 1, 1, 0, 0, 0, 0};
+  const Conv3x3Params p{1, kH, kW, kC, kH, kW, kC, 32, 0, 1, 1, 0, 0, 0, 0};
   const Conv3x3CpuPlan plan = plan_conv3x3(p, DType::bf16, default_threads(), &kernels_of(isa));
   std::vector<bf16> x(size_t(kH) * kW * kC, bf16{0x3f80}), w(size_t(kC) * 9 * kC, bf16{0x3c00}),
       gamma(kC, bf16{0x3f80}), beta(kC, bf16{0}), out(size_t(kH) * kW * kC);

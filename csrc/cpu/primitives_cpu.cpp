@@ -6,6 +6,7 @@
 #include "cpu/group_norm_stats.h"
 #include "cpu/linear.h"
 #include "cpu/parallel.h"
+#include "cpu/pixel_norm_stats.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "primitives.h"
 
@@ -51,6 +52,18 @@ void GroupNormStats::eval_cpu(const std::vector<mx::array>& inputs, mx::array& o
            [p, plan, dt = cpu_dtype(x), xp = x.data<void>(), op = out.data<float>(), sp = scratch.data<float>()] {
              cpu::group_norm_stats(p, dt, xp, op, plan, sp);
            });
+}
+
+void PixelNormStats::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
+  const mx::array& x = inputs[0];
+  allocate(out, name());
+  const PixelNormStatsParams p = params(x);
+  auto& enc = mx::cpu::get_command_encoder(stream());
+  enc.set_input_array(x);
+  enc.set_output_array(out);
+  enc.dispatch([p, dt = cpu_dtype(x), xp = x.data<void>(), op = out.data<float>()] {
+    cpu::pixel_norm_stats(p, dt, xp, op, cpu::default_threads());
+  });
 }
 
 void FusedConv3x3::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {

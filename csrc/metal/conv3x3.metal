@@ -1,4 +1,4 @@
-// Fused conv3x3: GroupNorm + SiLU + nearest-2x upsample applied to the input as it
+// Fused conv3x3: GroupNorm (or the per-pixel norm) + SiLU + nearest-2x upsample applied to the input as it
 // is staged, bias / residual / 1x1 shortcut added as the output is stored. A direct
 // (implicit-GEMM) convolution with no device scratch: per chunk of kConvBK input
 // channels the threadgroup stages the activated input halo [3][TM+2][BK] and the
@@ -83,11 +83,16 @@ template <typename D, int SG_M, int SG_N, int FM, int FN>
 
   for (int c0 = 0; c0 < p.c; c0 += BK) {
     const int c = c0 + ci;
+    const bool norm = p.groups > 0 || p.pixel_norm;
     float mean = 0.0f, scale = 1.0f, shift = 0.0f;
-    if (p.groups > 0 && c < p.c) {
-      const device float* s = stats + (size_t(n) * p.groups + c / (p.c / p.groups)) * 2;
-      mean = s[0];
-      scale = s[1] * D::load(gamma[c]);
+    if (norm && c < p.c) {
+      if (p.groups > 0) {
+        const device float* s = stats + (size_t(n) * p.groups + c / (p.c / p.groups)) * 2;
+        mean = s[0];
+        scale = s[1] * D::load(gamma[c]);
+      } else {
+        scale = D::load(gamma[c]);  // the pixel's own statistic multiplies x below
+      }
       shift = D::load(beta[c]);
     }
     for (int i = int(tid); i < 3 * HALO_W * BK; i += NT) {
@@ -96,7 +101,8 @@ template <typename D, int SG_M, int SG_N, int FM, int FN>
       if (c < p.c && yy >= 0 && yy < p.ho && xx >= 0 && xx < p.wo) {
         const size_t pix = (size_t(n) * p.h + yy / p.upsample) * size_t(p.w) + xx / p.upsample;
         a = D::load(x[pix * p.c + c]);
-        if (p.groups > 0) a = (a - mean) * scale + shift;
+        if (p.pixel_norm) a *= stats[pix];
+        if (norm) a = (a - mean) * scale + shift;
         if (p.silu) a = a / (1.0f + exp(-a));
       }
       halo[i] = D::store(a);

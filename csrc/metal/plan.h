@@ -42,6 +42,12 @@ enum Conv3x3Buffer : int {
 
 // Both statistics kernels: partial reads x and writes the slices' moments, merge
 // reads those and writes the [N, G, 2] output.
+enum PixelNormStatsBuffer : int {
+  kPixelStatsX = 0,
+  kPixelStatsOut = 1,
+  kPixelStatsParams = 2,
+};
+
 enum GroupNormStatsBuffer : int {
   kStatsIn = 0,
   kStatsOut = 1,
@@ -120,6 +126,12 @@ inline KernelPlan plan_group_norm_merge(const GroupNormStatsParams& p) {
   const unsigned rows = unsigned(p.n * p.groups);
   return KernelPlan{"fc_group_norm_merge", {(rows + kStatsMergeThreads - 1) / kStatsMergeThreads, 1, 1},
                     {unsigned(kStatsMergeThreads), 1, 1}, 0};
+}
+
+inline KernelPlan plan_pixel_norm_stats(const PixelNormStatsParams& p, KernelDType dtype) {
+  return KernelPlan{std::string("fc_pixel_norm_stats_") + dtype_name(dtype),
+                    {unsigned((p.pixels + kPixelStatsThreads - 1) / kPixelStatsThreads), 1, 1},
+                    {unsigned(kPixelStatsThreads), 1, 1}, 0};
 }
 
 }  // namespace fusedconv::metal_plan

@@ -61,7 +61,7 @@ void dispatch(mx::metal::CommandEncoder& enc, const mp::KernelPlan& plan) {
 }  // namespace
 
 // linear and attention run as their compositions (MLX's matmul / softmax) on the GPU.
-bool gpu_has_kernel(Op op) { return op == Op::group_norm_stats || op == Op::conv3x3; }
+bool gpu_has_kernel(Op op) { return op != Op::linear && op != Op::attention; }
 
 void GroupNormStats::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
   const mx::array& x = inputs[0];
@@ -88,6 +88,18 @@ void GroupNormStats::eval_gpu(const std::vector<mx::array>& inputs, mx::array& o
   enc.set_bytes(slices, mp::kStatsSlices);
   dispatch(enc, merge);
   enc.add_temporary(std::move(partials));
+}
+
+void PixelNormStats::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
+  const mx::array& x = inputs[0];
+  allocate(out, name());
+  const PixelNormStatsParams p = params(x);
+  const mp::KernelPlan plan = mp::plan_pixel_norm_stats(p, kernel_dtype(x));
+  auto& enc = begin(stream(), plan);
+  enc.set_input_array(x, mp::kPixelStatsX);
+  enc.set_output_array(out, mp::kPixelStatsOut);
+  enc.set_bytes(p, mp::kPixelStatsParams);
+  dispatch(enc, plan);
 }
 
 void FusedConv3x3::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {

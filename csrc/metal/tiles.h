@@ -27,5 +27,8 @@ FC_CONST int kStatsSlicePixels = 4096;
 FC_CONST int kStatsMaxSlices = 64;
 FC_CONST int kStatsMergeThreads = 64;
 
+// pixel_norm_stats: one thread per pixel.
+FC_CONST int kPixelStatsThreads = 256;
+
 }  // namespace metal_plan
 }  // namespace fusedconv

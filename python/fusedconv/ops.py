@@ -54,12 +54,21 @@ def group_norm_stats(x: mx.array, groups: int, eps: float = 1e-6, *, stream: Str
     return ext.group_norm_stats(x, groups, _float_arg("eps", eps), stream=stream)
 
 
+def pixel_norm_stats(x: mx.array, eps: float = 1e-12, *, stream: StreamOrDevice = None) -> mx.array:
+    """sqrt(C) / max(||x[n, y, x, :]||_2, eps) for every pixel of ``x`` [N, H, W, C]: float32
+    [N, H, W], the scale of ``F.normalize(x, dim=channels) * sqrt(C)`` (the RMS norm of the
+    Wan 2.1 / Qwen-Image VAE), which ``conv3x3(pixel_norm=(stats, gamma, beta))`` applies on load."""
+    _require_array("x", x)
+    return ext.pixel_norm_stats(x, _float_arg("eps", eps), stream=stream)
+
+
 def conv3x3(
     x: mx.array,
     weight: mx.array,
     bias: Optional[mx.array] = None,
     *,
     norm: Optional[Tuple[mx.array, mx.array, mx.array]] = None,
+    pixel_norm: Optional[Tuple[mx.array, mx.array, mx.array]] = None,
     silu: bool = False,
     upsample: int = 1,
     residual: Optional[mx.array] = None,
@@ -70,7 +79,9 @@ def conv3x3(
 
     x [N,H,W,C]; weight [O,3,3,C] (mlx.nn.Conv2d layout); bias [O].
     norm=(stats, gamma, beta): normalise x with ``group_norm_stats`` output and the affine
-    gamma/beta [C] on load; silu: apply SiLU after it; upsample=2: nearest 2x upsample on load;
+    gamma/beta [C] on load; or pixel_norm=(stats, gamma, beta): x * stats[n, y, x] * gamma + beta
+    with ``pixel_norm_stats`` output (the RMS norm of the Wan / Qwen-Image VAE); silu: apply
+    SiLU after it; upsample=2: nearest 2x upsample on load;
     residual [N,Ho,Wo,O] added after the bias. shortcut=(xs, ws, bs): instead of a residual
     array, add the 1x1 conv of xs [N,Ho,Wo,Cs] with ws [O,1,1,Cs] and bias bs [O] (or None), as
     a resnet's channel-changing shortcut, without materialising it. Zero padding applies to the
@@ -82,10 +93,13 @@ def conv3x3(
     _require_array("bias", bias, optional=True)
     _require_array("residual", residual, optional=True)
     stats = gamma = beta = None
-    if norm is not None:
-        if not isinstance(norm, (tuple, list)) or len(norm) != 3:
+    if norm is not None and pixel_norm is not None:
+        raise ValueError("norm: give either norm (group statistics) or pixel_norm, not both")
+    given = norm if norm is not None else pixel_norm
+    if given is not None:
+        if not isinstance(given, (tuple, list)) or len(given) != 3:
             raise TypeError("norm: expected a tuple (stats, gamma, beta)")
-        stats, gamma, beta = norm
+        stats, gamma, beta = given
         for name, value in (("norm stats", stats), ("norm gamma", gamma), ("norm beta", beta)):
             _require_array(name, value)
     sx = sw = sb = None
@@ -99,7 +113,8 @@ def conv3x3(
     if not isinstance(silu, bool):
         raise TypeError(f"silu: expected a bool, got {type(silu).__name__}")
     upsample = _int_arg("upsample", upsample, " (1 or 2)")
-    return ext.conv3x3(x, weight, bias, stats, gamma, beta, silu, upsample, residual, sx, sw, sb, stream=stream)
+    return ext.conv3x3(x, weight, bias, stats, gamma, beta, pixel_norm is not None, silu, upsample, residual, sx, sw,
+                       sb, stream=stream)
 
 
 def gn_silu_conv3x3(

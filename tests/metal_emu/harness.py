@@ -85,14 +85,15 @@ def _run(runner: Path, op: str, job: Path) -> None:
 
 
 def run_conv3x3(runner: Path, job: Path, x, weight, *, bias=None, stats=None, gamma=None, beta=None, silu=False,
-                upsample=1, residual=None, shortcut=None) -> mx.array:
+                upsample=1, residual=None, shortcut=None, pixel_norm=False) -> mx.array:
+    """stats: group_norm_stats' [N, G, 2], or with pixel_norm pixel_norm_stats' [N, H, W]."""
     job.mkdir(parents=True, exist_ok=True)
     n, h, w, c = x.shape
     o = weight.shape[0]
     sx, sw, sb = shortcut if shortcut is not None else (None, None, None)
-    groups = stats.shape[1] if stats is not None else 0
-    params = [n, h, w, c, h * upsample, w * upsample, o, groups, upsample, int(silu), int(bias is not None),
-              int(residual is not None), sx.shape[-1] if sx is not None else 0, int(sb is not None),
+    groups = stats.shape[1] if stats is not None and not pixel_norm else 0
+    params = [n, h, w, c, h * upsample, w * upsample, o, groups, int(pixel_norm), upsample, int(silu),
+              int(bias is not None), int(residual is not None), sx.shape[-1] if sx is not None else 0, int(sb is not None),
               DTYPE_CODE[x.dtype]]
     (job / "params.txt").write_text(" ".join(map(str, params)))
     arrays = dict(x=x, weight=weight, stats=stats, gamma=gamma, beta=beta, bias=bias, residual=residual,
@@ -105,6 +106,15 @@ def run_conv3x3(runner: Path, job: Path, x, weight, *, bias=None, stats=None, ga
             path.write_bytes(_raw(arrays[name]))
     _run(runner, "conv3x3", job)
     return _from_raw((job / "out.bin").read_bytes(), (n, h * upsample, w * upsample, o), x.dtype)
+
+
+def run_pixel_stats(runner: Path, job: Path, x, eps: float) -> mx.array:
+    job.mkdir(parents=True, exist_ok=True)
+    n, h, w, c = x.shape
+    (job / "params.txt").write_text(" ".join(map(str, [n * h * w, c, eps, DTYPE_CODE[x.dtype]])))
+    (job / "b0.bin").write_bytes(_raw(x))
+    _run(runner, "pixel_stats", job)
+    return mx.array(np.frombuffer((job / "out.bin").read_bytes(), np.float32).reshape(n, h, w))
 
 
 def run_stats(runner: Path, job: Path, x, groups: int, eps: float) -> mx.array:

@@ -1,6 +1,6 @@
 // Runs the project's Metal kernels on the CPU emulator, launched through the same
 // dispatch plans as the Metal host code (csrc/metal/plan.h).
-//   runner conv3x3|stats DIR
+//   runner conv3x3|stats|pixel_stats DIR
 // DIR/params.txt holds the Conv3x3Params / GroupNormStatsParams fields and the dtype
 // (0 float32, 1 float16, 2 bfloat16); DIR/b<i>.bin the buffer bound at index i (absent:
 // a 1-byte buffer, so any read of it is out of bounds). Every launch runs under each
@@ -16,8 +16,12 @@
 #ifndef FC_STATS_SOURCE
 #define FC_STATS_SOURCE "metal/group_norm_stats.metal"
 #endif
+#ifndef FC_PIXEL_STATS_SOURCE
+#define FC_PIXEL_STATS_SOURCE "metal/pixel_norm_stats.metal"
+#endif
 #include FC_CONV_SOURCE
 #include FC_STATS_SOURCE
+#include FC_PIXEL_STATS_SOURCE
 
 #include <cstdio>
 #include <fstream>
@@ -129,6 +133,23 @@ int run_stats(const std::string& dir, fusedconv::GroupNormStatsParams p, mp::Ker
   });
 }
 
+template <class D>
+int run_pixel_stats(const std::string& dir, fusedconv::PixelNormStatsParams p, mp::KernelDType dt) {
+  using T = typename D::storage;
+  const mp::KernelPlan plan = mp::plan_pixel_norm_stats(p, dt);
+  Buffer x = read_buffer(dir + "/b0.bin");
+  using Fn = void (*)(const T*, float*, fusedconv::PixelNormStatsParams&, uint);
+  const Fn fn = reinterpret_cast<Fn>(fc_emu::find_kernel(plan.name));
+  std::printf("%s grid %u threads %u\n", plan.name.c_str(), plan.threadgroups.x, plan.threads.x);
+  return run_all_schedules(dir, plan.name, [&](fc_emu::Schedule schedule) {
+    Buffer out(size_t(p.pixels) * sizeof(float));
+    fc_emu::launch(plan.threadgroups.x, 1, 1, int(plan.threads.x), 0, schedule, [&](int tid, metal::uint3 tg) {
+      fn(x.as<T>(), out.as<float>(), p, tg.x * plan.threads.x + uint(tid));
+    });
+    return out;
+  });
+}
+
 template <template <class> class Run, class P>
 int by_dtype(const std::string& dir, const P& p, int dtype) {
   switch (dtype) {
@@ -141,6 +162,12 @@ template <class D>
 struct Conv {
   static int run(const std::string& d, const fusedconv::Conv3x3Params& p, mp::KernelDType dt) {
     return run_conv<D>(d, p, dt);
+  }
+};
+template <class D>
+struct PixelStats {
+  static int run(const std::string& d, const fusedconv::PixelNormStatsParams& p, mp::KernelDType dt) {
+    return run_pixel_stats<D>(d, p, dt);
   }
 };
 template <class D>
@@ -160,14 +187,19 @@ int main(int argc, char** argv) {
   const std::string op = argv[1], dir = argv[2];
   const std::vector<double> v = read_params(dir);
   try {
-    if (op == "conv3x3" && v.size() == 15) {
-      fusedconv::Conv3x3Params p{int(v[0]), int(v[1]), int(v[2]), int(v[3]), int(v[4]), int(v[5]), int(v[6]),
-                                 int(v[7]), int(v[8]), int(v[9]), int(v[10]), int(v[11]), int(v[12]), int(v[13])};
-      return by_dtype<Conv>(dir, p, int(v[14]));
+    if (op == "conv3x3" && v.size() == 16) {
+      fusedconv::Conv3x3Params p{int(v[0]), int(v[1]), int(v[2]),  int(v[3]),  int(v[4]),  int(v[5]),  int(v[6]),
+                                 int(v[7]), int(v[8]), int(v[9]), int(v[10]), int(v[11]), int(v[12]), int(v[13]),
+                                 int(v[14])};
+      return by_dtype<Conv>(dir, p, int(v[15]));
     }
     if (op == "stats" && v.size() == 6) {
       fusedconv::GroupNormStatsParams p{int(v[0]), int(v[2]), int(v[3]), float(v[4]), fusedconv::fc_int64(v[1])};
       return by_dtype<Stats>(dir, p, int(v[5]));
+    }
+    if (op == "pixel_stats" && v.size() == 4) {
+      fusedconv::PixelNormStatsParams p{fusedconv::fc_int64(v[0]), int(v[1]), float(v[2])};
+      return by_dtype<PixelStats>(dir, p, int(v[3]));
     }
     std::fprintf(stderr, "bad op or params\n");
     return 2;

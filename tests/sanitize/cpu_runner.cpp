@@ -58,13 +58,18 @@ void check(const char* what, const std::vector<T>& got, const std::vector<double
 
 template <class T>
 void conv_case(DType dt, int n, int h, int w, int c, int o, int groups, int up, bool silu, int shortcut_c,
-               bool residual) {
+               bool residual, bool pixel_norm = false) {
   const int ho = h * up, wo = w * up;
   Buf<T> x(size_t(n) * h * w * c), wt(size_t(o) * 9 * c, 0.3), gamma(c, 0.2, 1.0), beta(c, 0.2), bias(o, 0.1);
   Buf<T> res(residual ? size_t(n) * ho * wo * o : 0), sx(size_t(n) * ho * wo * shortcut_c),
       sw(size_t(o) * shortcut_c, 0.3), sb(shortcut_c ? o : 0, 0.1);
   // statistics in double, stored as the kernels receive them (float)
-  std::vector<float> stats(size_t(n) * std::max(groups, 1) * 2);
+  std::vector<float> stats(pixel_norm ? size_t(n) * h * w : size_t(n) * std::max(groups, 1) * 2);
+  for (size_t px = 0; pixel_norm && px < stats.size(); ++px) {
+    double ss = 0;
+    for (int ch = 0; ch < c; ++ch) ss += x.value[px * c + ch] * x.value[px * c + ch];
+    stats[px] = float(std::sqrt(double(c)) / std::fmax(std::sqrt(ss), 1e-12));
+  }
   for (int b = 0; b < n && groups; ++b) {
     for (int g = 0; g < groups; ++g) {
       double s = 0, s2 = 0, cnt = 0;
@@ -78,11 +83,12 @@ void conv_case(DType dt, int n, int h, int w, int c, int o, int groups, int up, 
       stats[(b * groups + g) * 2 + 1] = float(1 / std::sqrt(s2 / cnt - mean * mean + 1e-6));
     }
   }
-  const Conv3x3Params p{n, h, w, c, ho, wo, o, groups, up, int(silu), 1, int(residual), shortcut_c,
+  const bool norm = groups > 0 || pixel_norm;
+  const Conv3x3Params p{n, h, w, c, ho, wo, o, groups, int(pixel_norm), up, int(silu), 1, int(residual), shortcut_c,
                         int(shortcut_c > 0)};
   std::vector<T> out(size_t(n) * ho * wo * o);
-  const Conv3x3Buffers bufs{x.data.data(), wt.data.data(), groups ? stats.data() : nullptr,
-                            groups ? gamma.data.data() : nullptr, groups ? beta.data.data() : nullptr,
+  const Conv3x3Buffers bufs{x.data.data(), wt.data.data(), norm ? stats.data() : nullptr,
+                            norm ? gamma.data.data() : nullptr, norm ? beta.data.data() : nullptr,
                             bias.data.data(), residual ? res.data.data() : nullptr,
                             shortcut_c ? sx.data.data() : nullptr, shortcut_c ? sw.data.data() : nullptr,
                             shortcut_c ? sb.data.data() : nullptr, out.data()};
@@ -99,8 +105,9 @@ void conv_case(DType dt, int n, int h, int w, int c, int o, int groups, int up, 
       const int g = ch / (c / groups);
       a = (a - stats[(b * groups + g) * 2]) * stats[(b * groups + g) * 2 + 1] * gamma.value[ch] + beta.value[ch];
     }
+    if (pixel_norm) a = a * stats[i / c] * gamma.value[ch] + beta.value[ch];
     if (silu) a = a / (1 + std::exp(-a));
-    act[i] = (groups || silu) ? double(round_to<T>(float(a))) : a;
+    act[i] = (norm || silu) ? double(round_to<T>(float(a))) : a;
   }
   std::vector<double> want(out.size()), terms(out.size());
   for (int b = 0; b < n; ++b)
@@ -128,8 +135,9 @@ void conv_case(DType dt, int n, int h, int w, int c, int o, int groups, int up, 
           want[oi] = s, terms[oi] = t + std::fabs(s);
         }
   char what[160];
-  std::snprintf(what, sizeof what, "conv3x3 dt=%d n=%d %dx%dx%d->%d groups=%d up=%d silu=%d shortcut=%d residual=%d",
-                int(dt), n, h, w, c, o, groups, up, int(silu), shortcut_c, int(residual));
+  std::snprintf(what, sizeof what,
+                "conv3x3 dt=%d n=%d %dx%dx%d->%d groups=%d pixel_norm=%d up=%d silu=%d shortcut=%d residual=%d",
+                int(dt), n, h, w, c, o, groups, int(pixel_norm), up, int(silu), shortcut_c, int(residual));
   check(what, out, want, terms, dt, 9 * c + shortcut_c);
 }
 
@@ -223,6 +231,8 @@ void all_cases(DType dt) {
   conv_case<T>(dt, 1, 3, 17, 34, 17, 2, 1, true, 24, false);
   conv_case<T>(dt, 1, 3, 13, 33, 5, 0, 1, false, 7, false);
   conv_case<T>(dt, 1, 4, 7, 130, 35, 2, 2, true, 0, true);
+  conv_case<T>(dt, 2, 3, 11, 24, 20, 0, 2, true, 0, true, true);
+  conv_case<T>(dt, 1, 2, 9, 33, 7, 0, 1, false, 6, false, true);
   stats_case<T>(dt, 2, 7, 9, 32, 8, 0.0);
   stats_case<T>(dt, 1, 33, 35, 12, 3, 100.0);
   stats_case<T>(dt, 1, 1, 1, 4, 4, 0.0);
