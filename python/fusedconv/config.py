@@ -45,6 +45,48 @@ class VAEConfig:
         return 2 ** (len(self.decoder_channels) - 1)
 
 
+# The Qwen-Image pipeline's latent statistics (diffusers' AutoencoderKLQwenImage defaults).
+QWEN_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715,
+                     0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
+QWEN_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652,
+                    1.5579, 1.6382, 1.1253, 2.8251, 1.916)
+
+
+@dataclass(frozen=True)
+class QwenImageConfig:
+    """diffusers' AutoencoderKLQwenImage config.json fields that the decoder uses."""
+
+    base_dim: int = 96
+    z_dim: int = 16
+    dim_mult: Tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    latents_mean: Tuple[float, ...] = QWEN_LATENTS_MEAN
+    latents_std: Tuple[float, ...] = QWEN_LATENTS_STD
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "QwenImageConfig":
+        known = {f.name for f in fields(cls)}
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known and v is not None}
+        return cls(**kw)
+
+    @property
+    def dims(self) -> Tuple[int, ...]:
+        """Channels entering the middle block, then leaving each up block."""
+        return tuple(self.base_dim * u for u in (self.dim_mult[-1], *reversed(self.dim_mult)))
+
+    @property
+    def upsample_factor(self) -> int:
+        return 2 ** (len(self.dim_mult) - 1)
+
+
+def config_from_dict(d: Mapping) -> Union[VAEConfig, "QwenImageConfig"]:
+    """A diffusers config.json dict: AutoencoderKLQwenImage's (by class name or its fields)
+    or AutoencoderKL / AutoencoderKLFlux2's."""
+    if d.get("_class_name") == "AutoencoderKLQwenImage" or ("z_dim" in d and "base_dim" in d):
+        return QwenImageConfig.from_dict(d)
+    return VAEConfig.from_dict(d)
+
+
 # Published values of each model family's VAE config.
 PRESETS = {
     "sd1": VAEConfig(latent_channels=4, scaling_factor=0.18215),
@@ -59,11 +101,14 @@ PRESETS = {
     "flux2": VAEConfig(latent_channels=32, scaling_factor=1.0, shift_factor=0.0, latents_batch_norm=True),
     "flux2-small": VAEConfig(latent_channels=32, scaling_factor=1.0, shift_factor=0.0, latents_batch_norm=True,
                              decoder_block_out_channels=(96, 192, 384, 384)),
+    # Qwen-Image (also mflux's anima, krea2 and ming families): the Wan 2.1 VAE, decoded a frame at a time.
+    "qwen-image": QwenImageConfig(),
 }
 
 
-def resolve_config(config: Union[None, str, Mapping, VAEConfig]) -> Optional[VAEConfig]:
-    if config is None or isinstance(config, VAEConfig):
+def resolve_config(config):
+    """A preset name, a config.json dict or a config -> the config (None stays None)."""
+    if config is None or isinstance(config, (VAEConfig, QwenImageConfig)):
         return config
     if isinstance(config, str):
         key = config.lower()
@@ -71,5 +116,5 @@ def resolve_config(config: Union[None, str, Mapping, VAEConfig]) -> Optional[VAE
             raise ValueError(f"config: unknown preset {config!r}; choose one of {', '.join(PRESETS)}")
         return PRESETS[key]
     if isinstance(config, Mapping):
-        return VAEConfig.from_dict(config)
+        return config_from_dict(config)
     raise TypeError(f"config: expected a preset name, a dict or a VAEConfig, got {type(config).__name__}")

@@ -225,21 +225,20 @@ class LatentBatchNorm(nn.Module):
         return z.reshape(n, 2 * h, 2 * w, c4 // 4)
 
 
-class AutoencoderKLDecoder(nn.Module):
-    """``decoder(z)`` = diffusers ``AutoencoderKL.decode(z).sample`` in NHWC (z unscaled)."""
+class StagedDecoder(nn.Module):
+    """What every VAE decoder here shares: `decoder` (a module tree with stage_modules(),
+    stages(fused) and peak_live_elements()), an optional `post_quant_conv`, the fused /
+    reference switch, the memory check, and a decode evaluated stage by stage."""
 
-    def __init__(self, config: VAEConfig):
+    latent_channels: int
+    upsample_factor: int
+
+    def __init__(self):
         super().__init__()
-        self.config = config
-        if config.use_post_quant_conv:
-            self.post_quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, 1)
-        self.decoder = Decoder(config)
-        if config.latents_batch_norm:
-            self.bn = LatentBatchNorm(4 * config.latent_channels, config.batch_norm_eps)
         self.fused = True
         self.attention_scores_budget = ATTENTION_SCORES_BUDGET
 
-    def set_fused(self, flag: bool = True) -> "AutoencoderKLDecoder":
+    def set_fused(self, flag: bool = True) -> "StagedDecoder":
         """Fused ops (True, the default) or the plain mlx.nn reference path (False)."""
         self.fused = bool(flag)
         return self
@@ -247,14 +246,13 @@ class AutoencoderKLDecoder(nn.Module):
     def _check_latent(self, z: mx.array) -> None:
         if not isinstance(z, mx.array):
             raise TypeError(f"z: expected an mlx.core.array, got {type(z).__name__}")
-        if z.ndim != 4 or z.shape[-1] != self.config.latent_channels:
-            raise ValueError(
-                f"z: expected NHWC latents [N, h, w, {self.config.latent_channels}] for this config, got {z.shape}"
-            )
+        if z.ndim != 4 or z.shape[-1] != self.latent_channels:
+            raise ValueError(f"z: expected NHWC latents [N, h, w, {self.latent_channels}] for this config, "
+                             f"got {z.shape}")
 
     def stages(self):
         for _, m in self.decoder.stage_modules():
-            if isinstance(m, Attention):
+            if hasattr(m, "scores_budget"):
                 m.scores_budget = self.attention_scores_budget
         return self.decoder.stages(self.fused)
 
@@ -263,7 +261,7 @@ class AutoencoderKLDecoder(nn.Module):
         weights are already loaded) exceeds what MLX may still allocate, before any work,
         and names the smaller plans that would fit."""
         n, h, w, _ = z.shape
-        f = self.config.upsample_factor
+        f = self.upsample_factor
         itemsize = self.decoder.conv_in.weight.itemsize
         need = itemsize * self.decoder.peak_live_elements(h * w, n)
         free = mx.get_memory_limit() - mx.get_active_memory()
@@ -298,6 +296,20 @@ class AutoencoderKLDecoder(nn.Module):
 
     def __call__(self, z: mx.array) -> mx.array:
         return self.decode(z)
+
+
+class AutoencoderKLDecoder(StagedDecoder):
+    """``decoder(z)`` = diffusers ``AutoencoderKL.decode(z).sample`` in NHWC (z unscaled)."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.config = config
+        self.latent_channels, self.upsample_factor = config.latent_channels, config.upsample_factor
+        if config.use_post_quant_conv:
+            self.post_quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, 1)
+        self.decoder = Decoder(config)
+        if config.latents_batch_norm:
+            self.bn = LatentBatchNorm(4 * config.latent_channels, config.batch_norm_eps)
 
     def decode_latents(self, latents: mx.array, on_stage: Optional[Callable[[str], None]] = None) -> mx.array:
         """Undoes the pipeline's latent normalisation before decoding: for FLUX.2 the BatchNorm

@@ -12,28 +12,28 @@ import mlx.core as mx
 from .config import VAEConfig
 
 
-def decoder_parameter_count(cfg: VAEConfig) -> int:
-    """Parameters of the decoder of `cfg`, from its module tree (built lazily: nothing is
-    allocated)."""
+def decoder_parameter_count(cfg) -> int:
+    """Parameters of the decoder of `cfg` (a VAEConfig or QwenImageConfig), from its module tree
+    (built lazily: nothing is allocated)."""
     from mlx.utils import tree_flatten
 
-    from .decoder import AutoencoderKLDecoder
+    from .weights import build_decoder
 
-    return sum(v.size for _, v in tree_flatten(AutoencoderKLDecoder(cfg).parameters()))
+    return sum(v.size for _, v in tree_flatten(build_decoder(cfg).parameters()))
 
 
-def peak_live_elements(cfg: VAEConfig, height: int, width: int, batch: int = 1) -> int:
+def peak_live_elements(cfg, height: int, width: int, batch: int = 1) -> int:
     """Max over the decoder's stages of the activation elements that must coexist, from the
     module tree (each stage module says what its fused forward keeps alive)."""
-    from .decoder import Decoder  # the decoder imports nothing from here
+    from .weights import build_decoder  # the decoders import nothing from here
 
     f = cfg.upsample_factor
     if height % f or width % f:
         raise ValueError(f"height/width: must be multiples of {f} for this config, got {height}x{width}")
-    return Decoder(cfg).peak_live_elements((height // f) * (width // f), batch)
+    return build_decoder(cfg).decoder.peak_live_elements((height // f) * (width // f), batch)
 
 
-def decoder_floor_bytes(cfg: VAEConfig, height: int, width: int, dtype=mx.bfloat16, batch: int = 1) -> int:
+def decoder_floor_bytes(cfg, height: int, width: int, dtype=mx.bfloat16, batch: int = 1) -> int:
     """Weights + peak live activations for decoding a batch of height x width images."""
     itemsize = mx.zeros((1,), dtype=dtype).itemsize
     return itemsize * (decoder_parameter_count(cfg) + peak_live_elements(cfg, height, width, batch))

@@ -50,15 +50,15 @@ class Conv3x3(nn.Conv2d):
         x: mx.array,
         *,
         norm: Optional[Tuple[mx.array, mx.array, mx.array]] = None,
+        pixel_norm: Optional[Tuple[mx.array, mx.array, mx.array]] = None,
         silu: bool = False,
         upsample: int = 1,
         residual: Optional[mx.array] = None,
         shortcut: Optional[Tuple[mx.array, mx.array, Optional[mx.array]]] = None,
     ) -> mx.array:
         bias = self.bias if "bias" in self else None
-        return conv3x3(
-            x, self.weight, bias, norm=norm, silu=silu, upsample=upsample, residual=residual, shortcut=shortcut
-        )
+        return conv3x3(x, self.weight, bias, norm=norm, pixel_norm=pixel_norm, silu=silu, upsample=upsample,
+                       residual=residual, shortcut=shortcut)
 
 
     def unfused(self, x: mx.array) -> mx.array:

@@ -12,8 +12,9 @@ from typing import Dict, Mapping, Optional, Union
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from .config import VAEConfig, resolve_config
-from .decoder import AutoencoderKLDecoder
+from .config import QwenImageConfig, VAEConfig, config_from_dict, resolve_config
+from .decoder import AutoencoderKLDecoder, StagedDecoder
+from .qwen_image import QwenImageDecoder
 
 # Prefixes a VAE's tensors carry inside full pipeline checkpoints.
 _CHECKPOINT_PREFIXES = ("first_stage_model.", "vae.")
@@ -48,7 +49,14 @@ def _ldm_to_diffusers(key: str, num_up: int) -> Optional[str]:
 _LATENT_STATS = ("bn.running_mean", "bn.running_var")
 
 
+# The temporal upsamplers' time convolutions of the Qwen-Image (Wan) decoder: they never
+# run on a first (here: the only) frame.
+_UNUSED_AT_ONE_FRAME = ".time_conv."
+
+
 def _is_decoder_key(key: str) -> bool:
+    if _UNUSED_AT_ONE_FRAME in key:
+        return False
     return key.startswith(("decoder.", "post_quant_conv.")) or key in _LATENT_STATS
 
 
@@ -60,6 +68,11 @@ def _strip_prefix(keys) -> str:
 
 
 def _convert(name: str, value: mx.array, target_shape, dtype) -> mx.array:
+    if value.ndim == 5:
+        # a causal 3-D conv [O, C, T, H, W] on one frame with no history: its last temporal slice
+        value = value[:, :, -1]
+    if len(target_shape) == 1 and value.ndim > 1 and value.size == target_shape[0]:
+        value = value.reshape(-1)  # the RMS norms' gamma, stored [C, 1, 1(, 1)]
     if value.ndim == 4 and len(target_shape) == 4:
         value = value.transpose(0, 2, 3, 1)  # OIHW -> OHWI
     elif value.ndim == 4 and len(target_shape) == 2:
@@ -69,12 +82,12 @@ def _convert(name: str, value: mx.array, target_shape, dtype) -> mx.array:
     return value.astype(dtype)
 
 
-def load_state(model: AutoencoderKLDecoder, tensors: Dict[str, mx.array], dtype=mx.bfloat16) -> None:
+def load_state(model: StagedDecoder, tensors: Dict[str, mx.array], dtype=mx.bfloat16) -> None:
     """Loads a flat {key: array} (diffusers or LDM/BFL keys, optional checkpoint prefix) into model.
 
     Decoder entries are popped from `tensors` as they are converted."""
     prefix = _strip_prefix(tensors.keys())
-    num_up = len(model.config.decoder_channels)
+    num_up = len(model.decoder.up_blocks)
     diffusers_style = any(k[len(prefix) :].startswith(("decoder.mid_block.", "decoder.up_blocks.")) for k in tensors)
     expected = dict(tree_flatten(model.parameters()))
     found: Dict[str, mx.array] = {}
@@ -108,10 +121,10 @@ def _weights_file(folder: Path) -> Path:
 
 
 # The diffusers classes whose decoder this module builds.
-SUPPORTED_CLASSES = ("AutoencoderKL", "AutoencoderKLFlux2")
+SUPPORTED_CLASSES = ("AutoencoderKL", "AutoencoderKLFlux2", "AutoencoderKLQwenImage")
 
 
-def _read_config(cfg_file: Path) -> VAEConfig:
+def _read_config(cfg_file: Path) -> Union[VAEConfig, QwenImageConfig]:
     if not cfg_file.exists():
         raise FileNotFoundError(f"path: {cfg_file.parent} has no config.json; pass config=")
     try:
@@ -124,17 +137,22 @@ def _read_config(cfg_file: Path) -> VAEConfig:
     if cls is not None and cls not in SUPPORTED_CLASSES:
         raise ValueError(f"path: {cfg_file} describes a {cls}; fusedconv decodes {', '.join(SUPPORTED_CLASSES)}")
     try:
-        return VAEConfig.from_dict(d)
+        return config_from_dict(d)
     except (TypeError, ValueError) as e:
         raise ValueError(f"path: {cfg_file} has an unusable config ({e})") from None
+
+
+def build_decoder(cfg: Union[VAEConfig, QwenImageConfig]) -> StagedDecoder:
+    """The decoder of a config, with lazily initialised (unallocated) parameters."""
+    return QwenImageDecoder(cfg) if isinstance(cfg, QwenImageConfig) else AutoencoderKLDecoder(cfg)
 
 
 def load_decoder(
     path: Union[str, Path],
     *,
-    config: Union[None, str, Mapping, VAEConfig] = None,
+    config: Union[None, str, Mapping, VAEConfig, QwenImageConfig] = None,
     dtype=mx.bfloat16,
-) -> AutoencoderKLDecoder:
+) -> StagedDecoder:
     """Loads a decoder from a diffusers folder (or a pipeline folder with vae/), or from a
     single .safetensors VAE / full checkpoint (then config= a preset name or dict is required)."""
     if dtype not in (mx.float32, mx.float16, mx.bfloat16):
@@ -154,6 +172,6 @@ def load_decoder(
         weights = path
     else:
         raise FileNotFoundError(f"path: {path} does not exist")
-    model = AutoencoderKLDecoder(cfg)
+    model = build_decoder(cfg)
     load_state(model, mx.load(str(weights)), dtype)
     return model
