@@ -29,6 +29,7 @@ VAES = {
     "flux2": ("mflux.models.flux2.model.flux2_vae.vae", "Flux2VAE", {}, 32, "flux2"),
     "flux2-small": ("mflux.models.flux2.model.flux2_vae.vae", "Flux2VAE",
                     {"decoder_block_out_channels": (96, 192, 384, 384)}, 32, "flux2-small"),
+    "qwen-image": ("mflux.models.qwen.model.qwen_vae.qwen_vae", "QwenVAE", {}, 16, "qwen-image"),
 }
 
 
@@ -53,8 +54,10 @@ def child(vae_name: str, method: str, size: int, repeats: int, seed: int) -> dic
     mx.eval(vae.parameters())
     if method == "fused":
         fused_mflux.patch()
-    else:
+    elif hasattr(vae, "decode_mode"):
         vae.decode_mode = method
+    elif method != "legacy":
+        return {"vae": vae_name, "method": method, "size": size, "skipped": f"mflux's {cls} has no {method} mode"}
     cfg = PRESETS[preset]
     f = cfg.upsample_factor
     shape = (1, channels, size // f, size // f)
@@ -123,8 +126,8 @@ def main(argv=None) -> int:
                                                     str(args.repeats), "--seed", str(args.seed)])
                 r.update(vae=vae, method=method, size=size)
                 results.append(r)
-                if "error" in r:
-                    print(f"{vae:>12} {method:>10} {size:>5}: {r['error']}", flush=True)
+                if "error" in r or "skipped" in r:
+                    print(f"{vae:>12} {method:>10} {size:>5}: {r.get('error') or r['skipped']}", flush=True)
                 else:
                     print(f"{vae:>12} {method:>10} {size:>5}: {r['median_s']:8.2f} s  peak above weights "
                           f"{r['peak_above_weights_bytes'] / MiB:8.1f} MiB ({r['peak_over_floor']:.2f}x floor)  "

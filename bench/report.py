@@ -98,8 +98,8 @@ def mflux_table(data: dict) -> str:
         "|---|---:|---|---:|---:|---:|---:|",
     ]
     for r in data["results"]:
-        if "error" in r:
-            lines.append(f"| {r['vae']} | {r['size']} | {r['method']} | {r['error']} | | | |")
+        if "error" in r or "skipped" in r:
+            lines.append(f"| {r['vae']} | {r['size']} | {r['method']} | {r.get('error') or r['skipped']} | | | |")
             continue
         lines.append(f"| {r['vae']} | {r['size']} | {r['method']} | {r['median_s']:.2f} s | "
                      f"{r['peak_above_weights_bytes'] / MiB:,.1f} MiB | {r['peak_over_floor']:.2f}x | "

@@ -97,3 +97,25 @@ def test_fused_decode_at_512_peaks_within_10_percent_of_its_floor(preset):
     peak = mx.get_peak_memory()
     floor = decoder_floor_bytes(cfg, 512, 512, mx.bfloat16)
     assert peak <= 1.10 * floor, (peak / 2**20, floor / 2**20)
+
+
+def test_cli_decodes_patchified_flux2_latents(saved, tmp_path):
+    """The CLI's default reads the pipeline's latents: for FLUX.2 patchified, 4 x 32 channels."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    _, folder = saved
+    latents = tmp_path / "z.npy"
+    np.save(latents, np.random.default_rng(5).standard_normal((1, 128, 3, 2)).astype(np.float32))  # NCHW
+    run = lambda *extra: subprocess.run([sys.executable, "-m", "fusedconv.cli", "decode", *extra, "--weights",  # noqa: E731
+                                         str(folder), "--quiet"], capture_output=True, text=True)
+    res = run(str(latents), "-o", str(tmp_path / "f.png"))
+    assert res.returncode == 0, res.stderr
+    assert Image.open(tmp_path / "f.png").size == (2 * 2 * 8, 3 * 2 * 8)
+    plain = tmp_path / "plain.npy"
+    np.save(plain, np.random.default_rng(6).standard_normal((1, 32, 3, 2)).astype(np.float32))
+    assert run(str(plain), "-o", str(tmp_path / "p.png"), "--no-scaling").returncode == 0
+    res = run(str(plain), "-o", str(tmp_path / "x.png"))
+    assert res.returncode == 2 and "128 channels" in res.stderr

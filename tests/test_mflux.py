@@ -48,9 +48,10 @@ def patched():
 FLUX2 = "mflux.models.flux2.model.flux2_vae.vae"
 CASES = [(m, p, {}) for m, _, p, _ in fused_mflux.COVERED] + [
     (FLUX2, "flux2-small", {"decoder_block_out_channels": (96, 192, 384, 384)})]
+IDS = ["flux", "z-image", "flux2", "qwen-image", "ming-image", "flux2-small"]
 
 
-@pytest.mark.parametrize("module_name, preset, kwargs", CASES, ids=[p for _, p, _ in CASES])
+@pytest.mark.parametrize("module_name, preset, kwargs", CASES, ids=IDS)
 def test_patched_decode_matches_mflux(module_name, preset, kwargs):
     vae = random_vae(module_name, **kwargs)
     channels = 32 if module_name == FLUX2 else 16

@@ -88,3 +88,18 @@ def test_fused_decode_at_512_peaks_within_10_percent_of_its_floor():
     floor = decoder_floor_bytes(cfg, 512, 512, mx.bfloat16)
     assert abs(floor - weights - 2 * dec.decoder.peak_live_elements(64 * 64)) < 2**20
     assert peak <= 1.10 * floor, (peak / 2**20, floor / 2**20)
+
+
+def test_cli_decodes_qwen_image_latents(saved, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    _, folder = saved
+    latents = tmp_path / "z.npy"
+    np.save(latents, (0.3 * np.random.default_rng(4).standard_normal((1, 16, 5, 3))).astype(np.float32))  # NCHW
+    res = subprocess.run([sys.executable, "-m", "fusedconv.cli", "decode", str(latents), "--weights", str(folder),
+                          "-o", str(tmp_path / "q.png"), "--quiet"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert Image.open(tmp_path / "q.png").size == (24, 40)

@@ -114,7 +114,9 @@ def decode(args) -> int:
         raise ValueError(f"latents: {args.latents} is a folder; expected a .npy or .safetensors file")
     _check_writable(Path(args.output))
     decoder = load_decoder(args.weights, config=args.config, dtype=DTYPES[args.dtype]).set_fused(not args.reference)
-    z = _read_latents(Path(args.latents), decoder.config.latent_channels, args.layout)
+    # decode_latents takes the pipeline's latents (FLUX.2: 2x2-patchified, 4x the channels)
+    channels = decoder.latent_channels if args.no_scaling else decoder.pipeline_latent_channels
+    z = _read_latents(Path(args.latents), channels, args.layout)
     with tqdm(total=len(decoder.stages()), desc="decode", unit="stage", disable=args.quiet) as bar:
         images, seconds, peak = _measure(
             lambda: (decoder.decode if args.no_scaling else decoder.decode_latents)(z, on_stage=lambda _: bar.update())

@@ -60,6 +60,7 @@ class QwenImageConfig:
     z_dim: int = 16
     dim_mult: Tuple[int, ...] = (1, 2, 4, 4)
     num_res_blocks: int = 2
+    input_channels: int = 3  # the image's channels (diffusers' name; 4 in mflux's RGBA Ming-Image)
     latents_mean: Tuple[float, ...] = QWEN_LATENTS_MEAN
     latents_std: Tuple[float, ...] = QWEN_LATENTS_STD
 

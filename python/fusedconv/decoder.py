@@ -230,7 +230,8 @@ class StagedDecoder(nn.Module):
     stages(fused) and peak_live_elements()), an optional `post_quant_conv`, the fused /
     reference switch, the memory check, and a decode evaluated stage by stage."""
 
-    latent_channels: int
+    latent_channels: int  # of `decode`'s latents
+    pipeline_latent_channels: int  # of `decode_latents`' (the pipeline's) latents
     upsample_factor: int
 
     def __init__(self):
@@ -305,6 +306,7 @@ class AutoencoderKLDecoder(StagedDecoder):
         super().__init__()
         self.config = config
         self.latent_channels, self.upsample_factor = config.latent_channels, config.upsample_factor
+        self.pipeline_latent_channels = config.latent_channels * (4 if config.latents_batch_norm else 1)
         if config.use_post_quant_conv:
             self.post_quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, 1)
         self.decoder = Decoder(config)

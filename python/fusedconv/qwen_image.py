@@ -136,14 +136,17 @@ class ConvIn(Conv3x3):
 class OutputHead:
     """norm_out -> SiLU -> conv_out -> clamp to [-1, 1], as one stage (a view of the decoder's modules)."""
 
-    def __init__(self, norm: RMSNorm, conv: Conv3x3):
-        self.norm, self.conv = norm, conv
+    def __init__(self, norm: RMSNorm, conv: Conv3x3, clamp: bool):
+        self.norm, self.conv, self.clamp = norm, conv, clamp
+
+    def _out(self, y: mx.array) -> mx.array:
+        return mx.clip(y, -1.0, 1.0) if self.clamp else y
 
     def reference(self, h: mx.array) -> mx.array:
-        return mx.clip(self.conv.unfused(nn.silu(self.norm(h))), -1.0, 1.0)
+        return self._out(self.conv.unfused(nn.silu(self.norm(h))))
 
     def fused(self, h: mx.array) -> mx.array:
-        return mx.clip(self.conv(h, pixel_norm=self.norm.pixel_norm_args(h), silu=True), -1.0, 1.0)
+        return self._out(self.conv(h, pixel_norm=self.norm.pixel_norm_args(h), silu=True))
 
     def live_elements(self, px: int):
         return px * (self.conv.weight.shape[-1] + self.conv.weight.shape[0]), px
@@ -175,7 +178,8 @@ class Decoder3d(nn.Module):
             cin = cin // 2 if i > 0 else cin  # the previous block's upsampler halved the channels
             self.up_blocks.append(UpBlock(cin, cout, cfg.num_res_blocks + 1, i != len(cfg.dim_mult) - 1))
         self.norm_out = RMSNorm(dims[-1])
-        self.conv_out = Conv3x3(dims[-1], 3)
+        self.conv_out = Conv3x3(dims[-1], cfg.input_channels)
+        self.clamp_output = True
 
     def stage_modules(self):
         mid = self.mid_block
@@ -184,7 +188,7 @@ class Decoder3d(nn.Module):
         for i, block in enumerate(self.up_blocks):
             out += [(f"up_blocks.{i}.resnets.{j}", r) for j, r in enumerate(block.resnets)]
             out += [(f"up_blocks.{i}.upsamplers.0", u) for u in block.get("upsamplers", [])]
-        out.append(("conv_out", OutputHead(self.norm_out, self.conv_out)))
+        out.append(("conv_out", OutputHead(self.norm_out, self.conv_out, self.clamp_output)))
         return out
 
     def peak_live_elements(self, latent_pixels: int, batch: int = 1) -> int:
@@ -205,8 +209,18 @@ class QwenImageDecoder(StagedDecoder):
         super().__init__()
         self.config = config
         self.latent_channels, self.upsample_factor = config.z_dim, config.upsample_factor
+        self.pipeline_latent_channels = config.z_dim
         self.post_quant_conv = nn.Conv2d(config.z_dim, config.z_dim, 1)
         self.decoder = Decoder3d(config)
+
+    @property
+    def clamp_output(self) -> bool:
+        """Clamp the image to [-1, 1], as diffusers' decode does (True by default)."""
+        return self.decoder.clamp_output
+
+    @clamp_output.setter
+    def clamp_output(self, flag: bool) -> None:
+        self.decoder.clamp_output = bool(flag)
 
     def decode_latents(self, latents: mx.array, on_stage: Optional[Callable[[str], None]] = None) -> mx.array:
         """Undoes the pipeline's normalisation (latents * latents_std + latents_mean, per channel)
