@@ -33,7 +33,7 @@ VAES = {
 }
 
 
-def child(vae_name: str, method: str, size: int, repeats: int, seed: int) -> dict:
+def child(vae_name: str, method: str, size: int, repeats: int, warmup: int, seed: int) -> dict:
     import importlib
 
     import mlx.core as mx
@@ -67,7 +67,7 @@ def child(vae_name: str, method: str, size: int, repeats: int, seed: int) -> dic
     def run():
         mx.eval(vae.decode(latents))
 
-    result = {"vae": vae_name, "method": method, "size": size, **time_runs(run, repeats)}
+    result = {"vae": vae_name, "method": method, "size": size, "warmup": warmup, **time_runs(run, repeats, warmup)}
     result["peak_above_weights_bytes"] = mx.get_peak_memory() - base
     result["max_rss_bytes"] = max_rss_bytes()
     result["floor_bytes"] = decoder_floor_bytes(cfg, size, size, mx.bfloat16) - 2 * decoder_parameter_count(cfg)
@@ -110,20 +110,23 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed runs first (0 is fair for mflux's minutes-long CPU decodes; the peak counts them)")
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--child", nargs=3, metavar=("VAE", "METHOD", "SIZE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         vae, method, size = args.child
-        print(json.dumps(child(vae, method, int(size), args.repeats, args.seed)))
+        print(json.dumps(child(vae, method, int(size), args.repeats, args.warmup, args.seed)))
         return 0
     results = []
     for vae in args.vaes:
         for size in args.sizes:
             for method in args.methods:
                 r = run_child("bench.mflux_bench", ["--child", vae, method, str(size), "--repeats",
-                                                    str(args.repeats), "--seed", str(args.seed)])
+                                                    str(args.repeats), "--warmup", str(args.warmup),
+                                                    "--seed", str(args.seed)])
                 r.update(vae=vae, method=method, size=size)
                 results.append(r)
                 if "error" in r or "skipped" in r:
