@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench.common import MiB, machine_info, max_rss_bytes, reset_peak, run_child, time_runs, write_json
+from bench.common import MiB, log_axes, machine_info, max_rss_bytes, reset_peak, run_child, time_runs, write_json
 
 METHODS = ("fused", "reference", "diffusers")
 
@@ -77,6 +77,10 @@ def child(method: str, size: int, weights: Path, dtype_name: str, repeats: int, 
         result["peak_above_inputs_bytes"] = mx.get_peak_memory() - base
         result["inputs_bytes"] = base
         result["peak_over_floor"] = result["peak_alloc_bytes"] / result["floor_bytes"]
+        from fusedconv._abi import ext  # the build this process calibrated (each process measures its own)
+
+        result["fusedconv_cpu_isa"] = ext.cpu_isa()
+        result["fusedconv_cpu_isa_calibration_s"] = ext.cpu_isa_timings()
         warmup = 0
         if method == "reference" and repeats <= 1:
             # Minutes per run on Linux CPU: the peak run is also the one timed run.
@@ -115,14 +119,8 @@ def plot(results: list, path: Path) -> None:
     floors = sorted({(r["size"], r["floor_bytes"]) for r in results
                      if "floor_bytes" in r and r["method"] != "diffusers"})
     ax_mem.plot([s for s, _ in floors], [b / MiB for _, b in floors], "k:", label="analytic floor")
-    for ax, title, unit in ((ax_mem, "peak memory", "MiB"), (ax_time, "decode time (median)", "s")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("output size (px, square)")
-        ax.set_ylabel(unit)
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+    log_axes(ax_mem, "peak memory", "MiB")
+    log_axes(ax_time, "decode time (median)", "s")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"wrote {path}")

@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench.common import MiB, machine_info, max_rss_bytes, reset_peak, run_child, time_runs, write_json
+from bench.common import MiB, log_axes, machine_info, max_rss_bytes, reset_peak, run_child, time_runs, write_json
 
 METHODS = ("fused", "low_memory", "legacy")
 # vae -> (module, class, constructor kwargs, latent channels, preset for the floor)
@@ -92,14 +92,8 @@ def plot(results: list, path: Path) -> None:
                 axes[0].plot(sizes, [r["peak_above_weights_bytes"] / MiB for r in rows], marker + "-", color=color,
                              label=f"{vae} {method}")
                 axes[1].plot(sizes, [r["median_s"] for r in rows], marker + "-", color=color, label=f"{vae} {method}")
-    for ax, title, unit in ((axes[0], "peak above weights (MLX allocator)", "MiB"), (axes[1], "decode time", "s")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("output size (px, square)")
-        ax.set_ylabel(unit)
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+    log_axes(axes[0], "peak above weights (MLX allocator)", "MiB")
+    log_axes(axes[1], "decode time", "s")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -2,8 +2,6 @@
 small decoder) against diffusers: loading from a diffusers folder and from a single file, the
 decode, and decode_latents against Flux2Pipeline's own latent math."""
 
-import gc
-
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ from safetensors.numpy import save_file
 from fusedconv.config import PRESETS
 from fusedconv.memory import decoder_floor_bytes
 from fusedconv.vae import AutoencoderKLDecoder, load_decoder
-from vae_fixtures import FLUX2_CONFIGS, diffusers_decode, diffusers_flux2_vae
+from vae_fixtures import FLUX2_CONFIGS, diffusers_decode, diffusers_flux2_vae, fused_decode_peak
 
 # As tests/test_vae_diffusers.py: f32 accumulation order only; bf16 ~20 layers of rounding.
 TOL = {mx.float32: 1e-4, mx.bfloat16: 0.05}
@@ -85,16 +83,7 @@ def test_fused_decode_at_512_peaks_within_10_percent_of_its_floor(preset):
     latents included) against the analytic floor (weights + the largest set of live activations:
     the last up block's first resnet, x + h + out)."""
     cfg = PRESETS[preset]
-    dec = AutoencoderKLDecoder(cfg)
-    dec.set_dtype(mx.bfloat16)
-    mx.eval(dec.parameters())
-    z = (0.5 * mx.random.normal((1, 64, 64, 32), key=mx.random.key(0))).astype(mx.bfloat16)
-    mx.eval(z)
-    gc.collect()
-    mx.clear_cache()
-    mx.reset_peak_memory()
-    mx.eval(dec(z))
-    peak = mx.get_peak_memory()
+    peak = fused_decode_peak(AutoencoderKLDecoder(cfg), (1, 64, 64, 32))
     floor = decoder_floor_bytes(cfg, 512, 512, mx.bfloat16)
     assert peak <= 1.10 * floor, (peak / 2**20, floor / 2**20)
 

@@ -7,8 +7,6 @@ Tolerances: f32, accumulation order only (1e-4). bf16: the reference path rounds
 times per layer (norm, SiLU, conv, add) over ~30 layers: as a random walk sqrt(120) * 2^-8 =
 0.043 of the output scale; 0.07 leaves room for the tail (the fused path rounds less)."""
 
-import gc
-
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ import torch
 
 from fusedconv.config import PRESETS
 from fusedconv.vae import QwenImageDecoder, load_decoder
-from vae_fixtures import randomize
+from vae_fixtures import fused_decode_peak, randomize
 
 TOL = {mx.float32: 1e-4, mx.bfloat16: 0.07}
 SMALL = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1)
@@ -75,15 +73,7 @@ def test_fused_decode_at_512_peaks_within_10_percent_of_its_floor():
 
     cfg = PRESETS["qwen-image"]
     dec = QwenImageDecoder(cfg)
-    dec.set_dtype(mx.bfloat16)
-    mx.eval(dec.parameters())
-    z = (0.5 * mx.random.normal((1, 64, 64, 16), key=mx.random.key(0))).astype(mx.bfloat16)
-    mx.eval(z)
-    gc.collect()
-    mx.clear_cache()
-    mx.reset_peak_memory()
-    mx.eval(dec(z))
-    peak = mx.get_peak_memory()
+    peak = fused_decode_peak(dec, (1, 64, 64, 16))
     weights = sum(v.nbytes for _, v in tree_flatten(dec.parameters()))
     floor = decoder_floor_bytes(cfg, 512, 512, mx.bfloat16)
     assert abs(floor - weights - 2 * dec.decoder.peak_live_elements(64 * 64)) < 2**20

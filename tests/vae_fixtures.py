@@ -92,3 +92,21 @@ def to_ldm(state: dict, num_up: int) -> dict:
                 value = value[:, :, None, None]  # LDM stores the projections as 1x1 convs
         out[k] = value
     return out
+
+
+def fused_decode_peak(dec, latent_shape) -> int:
+    """MLX's allocator peak (weights and latents included) of one fused bf16 decode of random
+    latents by `dec`, its parameters cast to bf16 and evaluated first."""
+    import gc
+
+    import mlx.core as mx
+
+    dec.set_dtype(mx.bfloat16)
+    mx.eval(dec.parameters())
+    z = (0.5 * mx.random.normal(latent_shape, key=mx.random.key(0))).astype(mx.bfloat16)
+    mx.eval(z)
+    gc.collect()
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    mx.eval(dec(z))
+    return mx.get_peak_memory()

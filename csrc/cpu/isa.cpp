@@ -71,21 +71,28 @@ const IsaKernels& kernels_of(Isa isa) {
 // A decoder-like conv: big enough (0.6 GFLOP) that the GEMM step, not the per-call
 // overhead, decides (a 128-channel 8x64 conv measured within 10% where whole decodes
 // differed 1.8x), small enough to time all builds in ~50 ms.
-double time_conv(Isa isa) {
-  constexpr int kH = 16, kW = 64, kC = 256;
+// Best-of-5 seconds of each build on the calibration conv, the builds taking turns so that a
+// burst of other work on the machine (MLX's own CPU stream at start-up, another process)
+// slows every build alike instead of deciding the race; the first round warms caches and
+// the worker pool.
+std::vector<double> time_convs(const std::vector<Isa>& isas) {
+  constexpr int kH = 16, kW = 64, kC = 256, kRounds = 6;
   const Conv3x3Params p{1, kH, kW, kC, kH, kW, kC, 32, 0, 1, 1, 0, 0, 0, 0};
-  const Conv3x3CpuPlan plan = plan_conv3x3(p, DType::bf16, default_threads(), &kernels_of(isa));
   std::vector<bf16> x(size_t(kH) * kW * kC, bf16{0x3f80}), w(size_t(kC) * 9 * kC, bf16{0x3c00}),
       gamma(kC, bf16{0x3f80}), beta(kC, bf16{0}), out(size_t(kH) * kW * kC);
-  std::vector<float> stats(32 * 2, 1.0f), scratch(plan.scratch_floats());
+  std::vector<float> stats(32 * 2, 1.0f);
   const Conv3x3Buffers b{x.data(), w.data(), stats.data(), gamma.data(), beta.data(), nullptr, nullptr,
                          nullptr, nullptr, nullptr, out.data()};
-  double best = 1e30;
-  for (int rep = 0; rep < 4; ++rep) {  // the first warms caches and the worker pool
-    const auto t0 = std::chrono::steady_clock::now();
-    conv3x3(p, DType::bf16, b, plan, scratch.data());
-    const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (rep > 0) best = std::min(best, t);
+  std::vector<double> best(isas.size(), 1e30);
+  for (int round = 0; round < kRounds; ++round) {
+    for (size_t i = 0; i < isas.size(); ++i) {
+      const Conv3x3CpuPlan plan = plan_conv3x3(p, DType::bf16, default_threads(), &kernels_of(isas[i]));
+      std::vector<float> scratch(plan.scratch_floats());
+      const auto t0 = std::chrono::steady_clock::now();
+      conv3x3(p, DType::bf16, b, plan, scratch.data());
+      const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (round > 0) best[i] = std::min(best[i], t);
+    }
   }
   return best;
 }
@@ -95,9 +102,12 @@ double time_conv(Isa isa) {
 const std::vector<IsaTiming>& calibration() {
   // The portable build only where it is the only one (a SIMD build always beats it).
   static const std::vector<IsaTiming> timings = [] {
-    std::vector<IsaTiming> out;
+    std::vector<Isa> isas;
     for (Isa isa : kAll)
-      if (cpu_supports(isa) && (isa != Isa::generic || !cpu_supports(Isa::avx2))) out.push_back({isa, time_conv(isa)});
+      if (cpu_supports(isa) && (isa != Isa::generic || !cpu_supports(Isa::avx2))) isas.push_back(isa);
+    const std::vector<double> seconds = time_convs(isas);
+    std::vector<IsaTiming> out;
+    for (size_t i = 0; i < isas.size(); ++i) out.push_back({isas[i], seconds[i]});
     return out;
   }();
   return timings;

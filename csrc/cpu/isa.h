@@ -37,9 +37,9 @@ std::string available_isas();  // comma-separated, slowest first
 const IsaKernels& active_kernels();
 
 // Seconds of each SIMD build this CPU runs (the portable one where there is none) on a
-// decoder-like bf16 conv (GroupNorm + SiLU, 16x64 pixels, 256 -> 256 channels; best of 3
-// after a warm-up), measured once per process at the first active_isa() that
-// FUSEDCONV_CPU_ISA does not decide.
+// decoder-like bf16 conv (GroupNorm + SiLU, 16x64 pixels, 256 -> 256 channels; best of 5
+// rounds in which the builds take turns, after a warm-up round), measured once per process
+// at the first active_isa() that FUSEDCONV_CPU_ISA does not decide.
 struct IsaTiming {
   Isa isa;
   double seconds;

@@ -160,19 +160,13 @@ class OutputHead:
         return px * (self.conv.weight.shape[-1] + self.conv.weight.shape[0]), px
 
 
-class Decoder(nn.Module):
-    def __init__(self, cfg: VAEConfig):
-        super().__init__()
-        ch, groups = cfg.decoder_channels, cfg.norm_num_groups
-        self.conv_in = ConvIn(cfg.latent_channels, ch[-1])
-        self.mid_block = MidBlock(ch[-1], groups, cfg.mid_block_add_attention)
-        rev = list(reversed(ch))
-        self.up_blocks = [
-            UpDecoderBlock2D(rev[max(i - 1, 0)], c, cfg.layers_per_block + 1, groups, i < len(ch) - 1)
-            for i, c in enumerate(rev)
-        ]
-        self.conv_norm_out = GroupNorm(groups, ch[0], eps=EPS)
-        self.conv_out = Conv3x3(ch[0], cfg.out_channels)
+class StageTree(nn.Module):
+    """A decoder body of diffusers' layout (conv_in, mid_block.resnets / .attentions, up_blocks[i]
+    .resnets / .upsamplers, an output head) as stages: each stage module has `reference` and
+    `fused` forwards and says what its fused forward keeps alive (`live_elements`)."""
+
+    def output_head(self):
+        raise NotImplementedError
 
     def stage_modules(self):
         """The decode as (name, module) stages in order, from the module tree: one per resnet,
@@ -185,7 +179,7 @@ class Decoder(nn.Module):
         for i, block in enumerate(self.up_blocks):
             out += [(f"up_blocks.{i}.resnets.{j}", r) for j, r in enumerate(block.resnets)]
             out += [(f"up_blocks.{i}.upsamplers.{j}", u) for j, u in enumerate(block.upsamplers)]
-        out.append(("conv_out", OutputHead(self.conv_norm_out, self.conv_out)))
+        out.append(("conv_out", self.output_head()))
         return out
 
     def peak_live_elements(self, latent_pixels: int, batch: int = 1) -> int:
@@ -199,6 +193,24 @@ class Decoder(nn.Module):
     def stages(self, fused: bool):
         """(name, fn) per stage: the one place where the fused or the reference path is chosen."""
         return [(name, m.fused if fused else m.reference) for name, m in self.stage_modules()]
+
+
+class Decoder(StageTree):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        ch, groups = cfg.decoder_channels, cfg.norm_num_groups
+        self.conv_in = ConvIn(cfg.latent_channels, ch[-1])
+        self.mid_block = MidBlock(ch[-1], groups, cfg.mid_block_add_attention)
+        rev = list(reversed(ch))
+        self.up_blocks = [
+            UpDecoderBlock2D(rev[max(i - 1, 0)], c, cfg.layers_per_block + 1, groups, i < len(ch) - 1)
+            for i, c in enumerate(rev)
+        ]
+        self.conv_norm_out = GroupNorm(groups, ch[0], eps=EPS)
+        self.conv_out = Conv3x3(ch[0], cfg.out_channels)
+
+    def output_head(self):
+        return OutputHead(self.conv_norm_out, self.conv_out)
 
 
 class LatentBatchNorm(nn.Module):

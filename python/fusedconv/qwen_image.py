@@ -21,7 +21,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .config import QwenImageConfig
-from .decoder import StagedDecoder, _conv1x1
+from .decoder import StagedDecoder, StageTree, _conv1x1
 from .nn import Conv3x3
 from .ops import attention_bounded, pixel_norm_stats
 
@@ -163,11 +163,10 @@ class UpBlock(nn.Module):
     def __init__(self, cin: int, cout: int, layers: int, upsample: bool):
         super().__init__()
         self.resnets = [ResidualBlock(cin if i == 0 else cout, cout) for i in range(layers)]
-        if upsample:
-            self.upsamplers = [Upsampler(cout)]
+        self.upsamplers = [Upsampler(cout)] if upsample else []
 
 
-class Decoder3d(nn.Module):
+class Decoder3d(StageTree):
     def __init__(self, cfg: QwenImageConfig):
         super().__init__()
         dims = cfg.dims
@@ -181,25 +180,8 @@ class Decoder3d(nn.Module):
         self.conv_out = Conv3x3(dims[-1], cfg.input_channels)
         self.clamp_output = True
 
-    def stage_modules(self):
-        mid = self.mid_block
-        out = [("conv_in", self.conv_in), ("mid_block.resnets.0", mid.resnets[0]),
-               ("mid_block.attentions.0", mid.attentions[0]), ("mid_block.resnets.1", mid.resnets[1])]
-        for i, block in enumerate(self.up_blocks):
-            out += [(f"up_blocks.{i}.resnets.{j}", r) for j, r in enumerate(block.resnets)]
-            out += [(f"up_blocks.{i}.upsamplers.0", u) for u in block.get("upsamplers", [])]
-        out.append(("conv_out", OutputHead(self.norm_out, self.conv_out, self.clamp_output)))
-        return out
-
-    def peak_live_elements(self, latent_pixels: int, batch: int = 1) -> int:
-        peak, px = 0, latent_pixels
-        for _, m in self.stage_modules():
-            live, px = m.live_elements(px)
-            peak = max(peak, live)
-        return batch * peak
-
-    def stages(self, fused: bool):
-        return [(name, m.fused if fused else m.reference) for name, m in self.stage_modules()]
+    def output_head(self):
+        return OutputHead(self.norm_out, self.conv_out, self.clamp_output)
 
 
 class QwenImageDecoder(StagedDecoder):
