@@ -21,7 +21,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .config import QwenImageConfig
-from .decoder import StagedDecoder, StageTree, _conv1x1
+from .decoder import ConvIn, StagedDecoder, StageTree, _conv1x1
 from .nn import Conv3x3
 from .ops import attention_bounded, pixel_norm_stats
 
@@ -120,17 +120,6 @@ class Upsampler(nn.Module):
     def live_elements(self, px: int):
         conv = self.resample[1].weight
         return px * conv.shape[-1] + 4 * px * conv.shape[0], 4 * px
-
-
-class ConvIn(Conv3x3):
-    def reference(self, z: mx.array) -> mx.array:
-        return self.unfused(z)
-
-    def fused(self, z: mx.array) -> mx.array:
-        return self(z)
-
-    def live_elements(self, px: int):
-        return px * (self.weight.shape[-1] + self.weight.shape[0]), px
 
 
 class OutputHead:
