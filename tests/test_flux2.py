@@ -11,7 +11,7 @@ from safetensors.numpy import save_file
 from fusedconv.config import PRESETS
 from fusedconv.memory import decoder_floor_bytes
 from fusedconv.vae import AutoencoderKLDecoder, load_decoder
-from vae_fixtures import FLUX2_CONFIGS, diffusers_decode, diffusers_flux2_vae, fused_decode_peak
+from vae_fixtures import FLUX2_CONFIGS, diffusers_decode, diffusers_flux2_vae, fused_decode_peak, normalized
 
 # As tests/test_vae_diffusers.py: f32 accumulation order only; bf16 ~20 layers of rounding.
 TOL = {mx.float32: 1e-4, mx.bfloat16: 0.05}
@@ -23,10 +23,6 @@ def saved(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     model.save_pretrained(folder)
     return model, folder
-
-
-def normalized(a, b):
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=str)

@@ -14,7 +14,7 @@ import torch
 
 from fusedconv.config import PRESETS
 from fusedconv.vae import QwenImageDecoder, load_decoder
-from vae_fixtures import fused_decode_peak, randomize
+from vae_fixtures import fused_decode_peak, normalized, randomize
 
 TOL = {mx.float32: 1e-4, mx.bfloat16: 0.07}
 SMALL = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1)
@@ -34,10 +34,6 @@ def diffusers_decode(model, z_nhwc):
     with torch.no_grad():
         out = model.decode(torch.from_numpy(z_nhwc.transpose(0, 3, 1, 2).copy())[:, :, None]).sample[:, :, 0]
     return out.numpy().transpose(0, 2, 3, 1)
-
-
-def normalized(a, b):
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=str)

@@ -11,7 +11,7 @@ from fusedconv.config import VAEConfig
 from fusedconv.memory import decoder_parameter_count
 from fusedconv.vae import load_decoder
 from safetensors.numpy import save_file
-from vae_fixtures import CONFIGS, diffusers_decode, diffusers_vae, to_ldm
+from vae_fixtures import CONFIGS, diffusers_decode, diffusers_vae, normalized, to_ldm
 
 # Normalised error (max abs / max |ref|) of a whole decode. f32: accumulation-order
 # differences only, growing with depth (~20 convs): 1e-4. bf16: every activation and
@@ -26,10 +26,6 @@ def saved_vae(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     model.save_pretrained(folder)
     return request.param, model, folder
-
-
-def normalized(a, b):
-    return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=str)

@@ -63,6 +63,11 @@ def diffusers_flux2_vae(name: str, seed: int = 0):
     return model
 
 
+def normalized(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| / max |b| of two decoded images (numpy)."""
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
 def diffusers_decode(model, z_nhwc: np.ndarray) -> np.ndarray:
     import torch
 
