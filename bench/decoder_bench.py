@@ -31,7 +31,8 @@ def current_rss_bytes() -> int:
         return 0
 
 
-def child(method: str, size: int, weights: Path, dtype_name: str, repeats: int, seed: int) -> dict:
+def child(method: str, size: int, weights: Path, dtype_name: str, repeats: int, seed: int,
+          torch_device: str = "cpu") -> dict:
     """One measurement, inside its own process."""
     import mlx.core as mx
     import numpy as np
@@ -51,15 +52,31 @@ def child(method: str, size: int, weights: Path, dtype_name: str, repeats: int, 
 
         model = AutoencoderKL.from_pretrained(weights, torch_dtype=getattr(torch, dtype_name)).eval()
         model.encoder = None  # decode only, as the MLX decoder loads only decoder tensors
-        zt = torch.from_numpy(z.transpose(0, 3, 1, 2).copy()).to(getattr(torch, dtype_name))
+        model.to(torch_device)
+        zt = torch.from_numpy(z.transpose(0, 3, 1, 2).copy()).to(torch_device, getattr(torch, dtype_name))
+        cuda = torch_device.startswith("cuda")
 
         def run():
             with torch.no_grad():
                 model.decode(zt)
+            if cuda:
+                torch.cuda.synchronize()
 
         result["torch"] = torch.__version__
+        result["torch_device"] = torch_device
         result["torch_threads"] = torch.get_num_threads()
         warmup = 1
+        if cuda:
+            # PyTorch's caching allocator: its peak above the weights and latents.
+            run()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            run()
+            result["peak_above_inputs_bytes"] = torch.cuda.max_memory_allocated() - base
+            result["inputs_bytes"] = base
+            result["peak_alloc_bytes"] = torch.cuda.max_memory_allocated()
+            result["peak_over_floor"] = result["peak_alloc_bytes"] / result["floor_bytes"]
+            result["gpu"] = torch.cuda.get_device_name()
     else:
         from fusedconv.vae import load_decoder
 
@@ -136,6 +153,7 @@ def main(argv=None) -> int:
     p.add_argument("--torch-dtype", nargs="+", default=["float32"], choices=["bfloat16", "float16", "float32"],
                    help="dtype(s) of diffusers/PyTorch, each a row (float32 by default: PyTorch's bf16 convs are "
                         "fast only on CPUs with AVX-512 BF16 / AMX)")
+    p.add_argument("--torch-device", default="cpu", help="device of diffusers/PyTorch (cpu, cuda)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--reference-repeats", type=int, default=1,
                    help="timed runs of the unfused MLX path (tens of times slower on Linux CPU)")
@@ -147,7 +165,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.child:
         method, size, weights = args.child
-        print(json.dumps(child(method, int(size), Path(weights), args.dtype, args.repeats, args.seed)))
+        print(json.dumps(child(method, int(size), Path(weights), args.dtype, args.repeats, args.seed,
+                               args.torch_device)))
         return 0
 
     from bench.weights import ensure_weights
@@ -164,7 +183,8 @@ def main(argv=None) -> int:
                 continue
             repeats = args.reference_repeats if method == "reference" else args.repeats
             r = run_child("bench.decoder_bench", ["--child", method, str(size), str(weights), "--dtype", dtype,
-                                                  "--repeats", str(repeats), "--seed", str(args.seed)])
+                                                  "--repeats", str(repeats), "--seed", str(args.seed),
+                                                  "--torch-device", args.torch_device])
             r.setdefault("method", method)
             r.setdefault("size", size)
             r["label"] = label
@@ -183,7 +203,7 @@ def print_row(r: dict) -> None:
     if "error" in r or "skipped" in r:
         print(f"{r['label']:>18} {r['size']:>5}: {r.get('error') or 'skipped: ' + r['skipped']}")
         return
-    alloc = f"MLX peak {r['peak_alloc_bytes'] / MiB:8.1f} MiB ({r['peak_over_floor']:.2f}x floor)" \
+    alloc = f"alloc peak {r['peak_alloc_bytes'] / MiB:8.1f} MiB ({r['peak_over_floor']:.2f}x floor)" \
         if "peak_alloc_bytes" in r else " " * 35
     print(f"{r['label']:>18} {r['size']:>5}: {r['median_s']:8.2f} s [{r['min_s']:.2f}-{r['max_s']:.2f}] "
           f"{r['gflops']:6.1f} GFLOP/s  {alloc}  max RSS {r['max_rss_bytes'] / MiB:8.1f} MiB  "

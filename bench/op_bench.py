@@ -8,7 +8,10 @@ decoder (C, O in {128, 256, 512}, at the resolution where it occurs) and times t
 op (median of --repeats after a warm-up) and the mlx.nn composition, and records the MLX
 allocator's peak above the inputs against the op's floor (output, plus a materialised
 shortcut-free residual if any). The composition is skipped above --reference-max-gflop
-(MLX's Linux CPU conv runs at ~2 GFLOP/s). Writes JSON and a PNG plot.
+(MLX's Linux CPU conv runs at ~2 GFLOP/s). --conv2d adds mx.conv2d alone on the same
+(upsampled) input - on MLX's CUDA build that is cuDNN - as the speed to compare the fused
+kernel's FLOP/s with. --inner N evaluates N calls per timed run (GPU ops of a millisecond
+or less; the time reported is per call). Writes JSON and a PNG plot.
 """
 
 from __future__ import annotations
@@ -65,15 +68,23 @@ def reference_fn(x, w, b, g, beta, r, up, option):
     return lambda: reference_conv3x3(x, w, b, group_norm=norm, silu=norm is not None, upsample=up, residual=r)
 
 
-def measure(fn, repeats: int) -> dict:
+def conv2d_fn(x, w, up):
+    """mx.conv2d alone (no norm, activation or bias) on the input the fused op convolves."""
+    xin = mx.repeat(mx.repeat(x, up, axis=1), up, axis=2) if up > 1 else x
+    mx.eval(xin)
+    return lambda: mx.conv2d(xin, w, padding=1)
+
+
+def measure(fn, repeats: int, inner: int = 1) -> dict:
     base = reset_peak()
     out = fn()
     mx.eval(out)
     peak = mx.get_peak_memory() - base
     out_bytes = out.nbytes
     del out
-    timing = time_runs(lambda: mx.eval(fn()), repeats, warmup=0)
-    return {"peak_above_inputs_bytes": peak, "output_bytes": out_bytes, **timing}
+    timing = time_runs(lambda: mx.eval([fn() for _ in range(inner)]), repeats, warmup=1)
+    per_call = {k: (v / inner if k != "runs" else [t / inner for t in v]) for k, v in timing.items()}
+    return {"peak_above_inputs_bytes": peak, "output_bytes": out_bytes, "inner": inner, **per_call}
 
 
 def main(argv=None) -> int:
@@ -82,6 +93,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--reference-max-gflop", type=float, default=60.0)
+    p.add_argument("--conv2d", action="store_true", help="also time mx.conv2d alone (cuDNN on MLX's CUDA build)")
+    p.add_argument("--inner", type=int, default=1, help="calls per timed run")
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     args = p.parse_args(argv)
     dtype = getattr(mx, args.dtype)
@@ -93,9 +106,11 @@ def main(argv=None) -> int:
             x, w, b, g, beta, r, up = make_inputs(c, o, res, option, dtype)
             gflop = 2 * (res * up) ** 2 * c * o * 9 / 1e9
             row = {"name": name, "C": c, "O": o, "input_res": res, "option": option, "gflop": gflop}
-            row["fused"] = measure(fused_fn(x, w, b, g, beta, r, up, option), args.repeats)
+            row["fused"] = measure(fused_fn(x, w, b, g, beta, r, up, option), args.repeats, args.inner)
+            if args.conv2d:
+                row["conv2d"] = measure(conv2d_fn(x, w, up), args.repeats, args.inner)
             if gflop <= args.reference_max_gflop:
-                row["reference"] = measure(reference_fn(x, w, b, g, beta, r, up, option), 1)
+                row["reference"] = measure(reference_fn(x, w, b, g, beta, r, up, option), 1, args.inner)
             else:
                 row["reference"] = {"skipped": f"{gflop:.0f} GFLOP > --reference-max-gflop {args.reference_max_gflop}"}
             rows.append(row)
@@ -117,6 +132,10 @@ def print_row(row: dict) -> None:
                  f"{r['peak_above_inputs_bytes'] / f['peak_above_inputs_bytes']:5.1f}x less peak")
     else:
         line += f" | mlx.nn skipped ({r['skipped']})"
+    if "conv2d" in row:
+        c = row["conv2d"]
+        line += (f" | mx.conv2d {c['median_s'] * 1e3:8.3f} ms {row['gflop'] / c['median_s'] / 1e3:6.1f} TFLOP/s"
+                 f" (fused at {c['median_s'] / f['median_s']:.0%} of its FLOP/s)")
     print(line)
 
 

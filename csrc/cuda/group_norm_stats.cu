@@ -1,0 +1,119 @@
+// GroupNorm statistics on CUDA: mean and rstd per (image, group) of an NHWC tensor, in
+// two kernels with bounded scratch. fc_group_norm_partial_<dtype>: a block reduces one
+// slice of pixels of one (image, group) to the shifted sums (sum d, sum d^2) of
+// d = x - K, K being the group's first element in that image (the same for every slice,
+// so the sums of slices add up; the shift keeps a large mean from cancelling the
+// variance's digits). fc_group_norm_merge: a thread per (image, group) adds its slices'
+// sums in slice order (deterministic) in double and writes (mean, rstd).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cuda/tiles.h"
+
+namespace cp = fusedconv::cuda_plan;
+
+namespace {
+
+typedef long long i64;
+
+__device__ inline float to_float(float v) { return v; }
+__device__ inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ inline float to_float(__half v) { return __half2float(v); }
+
+// Sum of v over the block (every thread gets it).
+__device__ float block_sum(float v, float* scratch) {
+  for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float total = 0.0f;
+  for (int i = 0; i < cp::kStatsThreads / 32; ++i) total += scratch[i];
+  __syncthreads();  // scratch is reused by the next call
+  return total;
+}
+
+template <typename T>
+__device__ void group_norm_partial(const T* __restrict__ x, float* __restrict__ partials, int n_images, int h, int w,
+                                   int c, int groups, int slices, int slice_pixels) {
+  __shared__ float scratch[cp::kStatsThreads / 32];
+  const i64 block = i64(blockIdx.y) * gridDim.x + blockIdx.x;
+  const int g = int(block % groups), s = int(block / groups % slices);
+  const i64 n = block / groups / slices;
+  if (n >= n_images) return;
+  const int cg = c / groups;
+  const i64 hw = i64(h) * w, p0 = i64(s) * slice_pixels;
+  const int pixels = int(min(i64(slice_pixels), hw - p0));
+  const T* base = x + i64(n) * hw * c + g * cg;
+  const float shift = to_float(base[0]);
+  float s1 = 0.0f, s2 = 0.0f;
+  if (pixels > 0) {
+    const T* slice = base + p0 * c;
+    if (cp::kStatsThreads % cg == 0) {
+      // Each thread keeps one channel of the group and steps over pixels.
+      const int j = threadIdx.x % cg, step = cp::kStatsThreads / cg;
+      for (int q = threadIdx.x / cg; q < pixels; q += step) {
+        const float d = to_float(slice[i64(q) * c + j]) - shift;
+        s1 += d;
+        s2 += d * d;
+      }
+    } else {
+      const int count = pixels * cg;
+      for (int i = threadIdx.x; i < count; i += cp::kStatsThreads) {
+        const float d = to_float(slice[i64(i / cg) * c + i % cg]) - shift;
+        s1 += d;
+        s2 += d * d;
+      }
+    }
+  }
+  s1 = block_sum(s1, scratch);
+  s2 = block_sum(s2, scratch);
+  if (threadIdx.x == 0) {
+    float* out = partials + ((i64(n) * groups + g) * slices + s) * 2;
+    out[0] = s1;
+    out[1] = s2;
+  }
+}
+
+}  // namespace
+
+#define FC_GN_PARTIAL(NAME, T)                                                                               \
+  extern "C" __global__ void __launch_bounds__(cp::kStatsThreads)                                             \
+      NAME(const T* x, float* partials, int n, int h, int w, int c, int groups, int slices, int slice_pixels) { \
+    group_norm_partial<T>(x, partials, n, h, w, c, groups, slices, slice_pixels);                            \
+  }
+
+FC_GN_PARTIAL(fc_group_norm_partial_float32, float)
+FC_GN_PARTIAL(fc_group_norm_partial_float16, __half)
+FC_GN_PARTIAL(fc_group_norm_partial_bfloat16, __nv_bfloat16)
+
+// x is read again for each (image, group)'s shift only; its dtype does not matter past
+// that one element, so the merge is instantiated per dtype for that read.
+template <typename T>
+__device__ void group_norm_merge(const float* __restrict__ partials, const T* __restrict__ x,
+                                 float* __restrict__ out, int n_images, int h, int w, int c, int groups, int slices,
+                                 float eps) {
+  const i64 row = (i64(blockIdx.y) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x;
+  if (row >= i64(n_images) * groups) return;
+  const i64 n = row / groups;
+  const int g = int(row % groups), cg = c / groups;
+  const i64 hw = i64(h) * w;
+  double s1 = 0.0, s2 = 0.0;
+  for (int s = 0; s < slices; ++s) {
+    s1 += partials[(i64(row) * slices + s) * 2];
+    s2 += partials[(i64(row) * slices + s) * 2 + 1];
+  }
+  const double count = double(hw) * cg;
+  const double mean_d = s1 / count, var = s2 / count - mean_d * mean_d;
+  out[i64(row) * 2] = float(to_float(x[i64(n) * hw * c + g * cg]) + mean_d);
+  out[i64(row) * 2 + 1] = float(1.0 / sqrt((var > 0.0 ? var : 0.0) + double(eps)));
+}
+
+#define FC_GN_MERGE(NAME, T)                                                                                  \
+  extern "C" __global__ void NAME(const float* partials, const T* x, float* out, int n, int h, int w, int c, \
+                                  int groups, int slices, float eps) {                                       \
+    group_norm_merge<T>(partials, x, out, n, h, w, c, groups, slices, eps);                                   \
+  }
+
+FC_GN_MERGE(fc_group_norm_merge_float32, float)
+FC_GN_MERGE(fc_group_norm_merge_float16, __half)
+FC_GN_MERGE(fc_group_norm_merge_bfloat16, __nv_bfloat16)

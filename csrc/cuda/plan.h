@@ -1,0 +1,115 @@
+// Dispatch plans of the CUDA kernels: which compiled module and kernel, the grid, the
+// block size and the dynamic shared memory. Host-only C++ (no CUDA, no MLX), so the
+// choices can be unit-tested and read apart from the launch glue.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+#include "cuda/tiles.h"
+#include "params.h"
+
+namespace fusedconv::cuda_plan {
+
+enum class KernelDType { float32, float16, bfloat16 };
+
+inline const char* dtype_name(KernelDType dt) {
+  switch (dt) {
+    case KernelDType::float32: return "float32";
+    case KernelDType::float16: return "float16";
+    case KernelDType::bfloat16: return "bfloat16";
+  }
+  return "";
+}
+
+struct KernelPlan {
+  std::string module;  // the .cu file the kernel is compiled from (its cubin's stem)
+  std::string name;    // the kernel's extern "C" name
+  unsigned blocks_x = 1, blocks_y = 1;
+  unsigned threads = 1;
+  unsigned shared_bytes = 0;  // dynamic shared memory
+};
+
+// A 1-D grid of `blocks` blocks as 2-D (the kernels index it linearly): MLX takes the
+// grid in threads as ints, so blocks_x * threads stays below 2^31.
+inline void set_grid(KernelPlan& k, long long blocks, unsigned threads) {
+  const long long max_x = (1ll << 30) / threads;
+  k.threads = threads;
+  k.blocks_x = unsigned(blocks < max_x ? blocks : max_x);
+  const long long y = (blocks + k.blocks_x - 1) / k.blocks_x;
+  if (y > 65535) throw std::invalid_argument("fusedconv: tensor too large for one CUDA launch");
+  k.blocks_y = unsigned(y);
+}
+
+inline long long ceil_div(long long a, long long b) { return (a + b - 1) / b; }
+
+inline long long conv_tiles(const Conv3x3Params& p, int tile_n) {
+  return p.n * ceil_div(p.ho, kTileRows) * ceil_div(p.wo, kTileCols) * ceil_div(p.o, tile_n);
+}
+
+// The tensor-core kernel's shared memory: two halo and two weight buffers in the input
+// dtype, and the norm's affine (2 floats) per input channel. Always the size for
+// kMmaMaxNormChannels: MLX raises a kernel's dynamic shared-memory limit once, at its
+// first launch.
+inline unsigned mma_shared_bytes() {
+  const int halo = (kTileRows + 2) * (kTileCols + 2) * kMmaRowStride;
+  const int weights = 9 * kMmaTileN * kMmaRowStride;
+  return unsigned(2 * (halo + weights) * 2 + kMmaMaxNormChannels * 2 * 4);
+}
+
+inline KernelPlan plan_conv3x3(const Conv3x3Params& p, KernelDType dt) {
+  KernelPlan k;
+  k.module = "conv3x3";
+  if (dt == KernelDType::float32 || p.o <= kSimtNarrowN || p.c > kMmaMaxNormChannels) {
+    // f32 at full precision; few output channels would leave a tensor-core tile empty.
+    const int tn = p.o <= kSimtNarrowN ? kSimtNarrowN : kSimtTileN;
+    if (dt != KernelDType::float32 && tn != kSimtNarrowN) {
+      throw std::invalid_argument("fusedconv: conv3x3 on CUDA supports at most " +
+                                  std::to_string(kMmaMaxNormChannels) + " input channels in 16-bit dtypes");
+    }
+    k.name = std::string("fc_conv3x3_simt_") + dtype_name(dt) + "_" + std::to_string(tn);
+    set_grid(k, conv_tiles(p, tn), kSimtThreads);
+    return k;
+  }
+  k.name = std::string("fc_conv3x3_mma_") + dtype_name(dt);
+  set_grid(k, conv_tiles(p, kMmaTileN), kMmaThreads);
+  k.shared_bytes = mma_shared_bytes();
+  return k;
+}
+
+// How many slices each (image, group) of the statistics is cut into: about
+// kStatsSliceElements elements each, at most kStatsMaxSlices (bounded scratch).
+struct StatsSlices {
+  int count;
+  int pixels;  // per slice; the last may hold fewer
+};
+
+inline StatsSlices group_norm_slices(const GroupNormStatsParams& p) {
+  const long long elements = p.hw * (p.c / p.groups);
+  long long count = ceil_div(elements, kStatsSliceElements);
+  count = count < 1 ? 1 : (count > kStatsMaxSlices ? kStatsMaxSlices : count);
+  const long long pixels = ceil_div(p.hw, count);
+  if (pixels > (1ll << 31) - 1) throw std::invalid_argument("fusedconv: image too large for group_norm_stats");
+  return StatsSlices{int(ceil_div(p.hw, pixels)), int(pixels)};
+}
+
+inline KernelPlan plan_group_norm_partial(const GroupNormStatsParams& p, const StatsSlices& s, KernelDType dt) {
+  KernelPlan k{"group_norm_stats", std::string("fc_group_norm_partial_") + dtype_name(dt)};
+  set_grid(k, (long long)p.n * s.count * p.groups, kStatsThreads);
+  return k;
+}
+
+inline KernelPlan plan_group_norm_merge(const GroupNormStatsParams& p, KernelDType dt) {
+  KernelPlan k{"group_norm_stats", std::string("fc_group_norm_merge_") + dtype_name(dt)};
+  set_grid(k, ceil_div((long long)p.n * p.groups, kStatsMergeThreads), kStatsMergeThreads);
+  return k;
+}
+
+inline KernelPlan plan_pixel_norm_stats(const PixelNormStatsParams& p, KernelDType dt) {
+  KernelPlan k{"pixel_norm_stats", std::string("fc_pixel_norm_stats_") + dtype_name(dt)};
+  const long long blocks = ceil_div(p.pixels, kPixelStatsThreads / 32);
+  set_grid(k, blocks < 65536 ? blocks : 65536, kPixelStatsThreads);  // a grid-stride loop does the rest
+  return k;
+}
+
+}  // namespace fusedconv::cuda_plan

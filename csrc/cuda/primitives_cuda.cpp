@@ -1,0 +1,153 @@
+// CUDA backend of the primitives (MLX's CUDA build): the launch glue. Everything it
+// launches (module, kernel, grid, block, shared memory) comes from cuda/plan.h.
+//
+// Each kernel goes through MLX's public precompiled_cuda_kernel primitive (mlx/fast.h):
+// evaluating that primitive on our arrays allocates them in device memory on the
+// stream's pool (counted by MLX's allocator), loads the cubin once per device, and adds
+// the kernel to the stream's CUDA graph with its inputs and outputs as dependencies.
+// MLX's own launch helpers cannot be used from an extension: libmlx links the CUDA
+// runtime statically (a kernel address of ours means nothing to it) and its device
+// allocation entry points are not exported. The cubins are built per architecture
+// (CMake: FUSEDCONV_CUDA_ARCHITECTURES) and installed beside this module under cuda/.
+#include <dlfcn.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <sstream>
+
+#include "cuda/kernel_params.h"
+#include "cuda/plan.h"
+#include "mlx/backend/cuda/device.h"
+#include "mlx/fast.h"
+#include "primitives.h"
+
+namespace fusedconv {
+
+namespace {
+
+namespace cp = cuda_plan;
+namespace fs = std::filesystem;
+
+const fs::path& kernel_dir() {
+  static const fs::path dir = [] {
+    Dl_info info;
+    if (!dladdr(reinterpret_cast<void*>(&kernel_dir), &info)) {
+      throw std::runtime_error("fusedconv: cannot locate the extension module to load its CUDA kernels");
+    }
+    return fs::path(info.dli_fname).parent_path() / "cuda";
+  }();
+  return dir;
+}
+
+std::string read_file(const fs::path& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::ostringstream s;
+  s << f.rdbuf();
+  if (!f) throw std::runtime_error("fusedconv: cannot read " + path.string());
+  return s.str();
+}
+
+// One module's kernels for the stream's device: the cubin of the newest architecture
+// built that the device runs (same major version, minor <= the device's), else the
+// PTX, which the driver compiles for it.
+const std::string& module_image(const std::string& module, const mx::Stream& s) {
+  static std::mutex mutex;
+  static std::map<std::pair<std::string, int>, std::string> images;
+  auto& device = mx::cu::device(s.device);
+  const int major = device.compute_capability_major(), minor = device.compute_capability_minor();
+  std::lock_guard lock(mutex);
+  const auto key = std::make_pair(module, major * 10 + minor);
+  if (auto it = images.find(key); it != images.end()) return it->second;
+  fs::path chosen;
+  for (int m = minor; m >= 0 && chosen.empty(); --m) {
+    const fs::path cubin = kernel_dir() / (module + ".sm_" + std::to_string(major) + std::to_string(m) + ".cubin");
+    if (fs::exists(cubin)) chosen = cubin;
+  }
+  if (chosen.empty() && fs::exists(kernel_dir() / (module + ".ptx"))) chosen = kernel_dir() / (module + ".ptx");
+  if (chosen.empty()) {
+    throw std::runtime_error("fusedconv: no CUDA kernels for compute capability " + std::to_string(major) + "." +
+                             std::to_string(minor) + " in " + kernel_dir().string() +
+                             " (rebuild with FUSEDCONV_CUDA_ARCHITECTURES including it)");
+  }
+  return images.emplace(key, read_file(chosen)).first->second;
+}
+
+cp::KernelDType kernel_dtype(const mx::array& a) {
+  switch (a.dtype()) {
+    case mx::float32: return cp::KernelDType::float32;
+    case mx::float16: return cp::KernelDType::float16;
+    case mx::bfloat16: return cp::KernelDType::bfloat16;
+    default: throw std::invalid_argument("fusedconv: unsupported dtype reached a CUDA kernel");
+  }
+}
+
+void launch(const mx::Stream& s, const cp::KernelPlan& k, const std::vector<mx::array>& inputs,
+            std::vector<mx::array> outputs, const std::vector<mx::fast::ScalarArg>& scalars) {
+  std::vector<mx::Shape> shapes;
+  std::vector<mx::Dtype> dtypes;
+  for (const mx::array& o : outputs) {
+    shapes.push_back(o.shape());
+    dtypes.push_back(o.dtype());
+  }
+  const std::vector<mx::array> node = mx::fast::precompiled_cuda_kernel(
+      k.name, module_image(k.module, s), inputs, shapes, dtypes, scalars,
+      {int(k.blocks_x * k.threads), int(k.blocks_y), 1}, {int(k.threads), 1, 1}, int(k.shared_bytes), std::nullopt,
+      false, s);
+  node[0].primitive().eval_gpu(inputs, outputs);
+}
+
+[[noreturn]] void unreachable(const char* op) {
+  throw std::logic_error(std::string("fusedconv.") + op +
+                         ": no CUDA kernel; ops should have built the reference composition");
+}
+
+}  // namespace
+
+// linear and attention run as their compositions (MLX's matmul / softmax) on the GPU.
+bool gpu_has_kernel(Op op) { return op != Op::linear && op != Op::attention; }
+
+void GroupNormStats::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
+  const mx::array& x = inputs[0];
+  const GroupNormStatsParams p = params(x);
+  const cp::StatsSlices slices = cp::group_norm_slices(p);
+  const int h = x.shape(1), w = x.shape(2);
+  // The slices' shifted sums: kStatsMaxSlices x 2 floats per (image, group) at most.
+  mx::array partials({p.n * p.groups * slices.count * 2}, mx::float32, nullptr, {});
+  launch(stream(), cp::plan_group_norm_partial(p, slices, kernel_dtype(x)), {x}, {partials},
+         {p.n, h, w, p.c, p.groups, slices.count, slices.pixels});
+  launch(stream(), cp::plan_group_norm_merge(p, kernel_dtype(x)), {partials, x}, {out},
+         {p.n, h, w, p.c, p.groups, slices.count, p.eps});
+  mx::cu::get_command_encoder(stream()).add_temporary(partials);
+}
+
+void PixelNormStats::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
+  const mx::array& x = inputs[0];
+  const PixelNormStatsParams p = params(x);
+  launch(stream(), cp::plan_pixel_norm_stats(p, kernel_dtype(x)), {x}, {out},
+         {x.shape(0) * x.shape(1), x.shape(2), p.c, p.eps});
+}
+
+void FusedConv3x3::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
+  const Conv3x3Params p = params(inputs);
+  // The kernels take every input; absent ones are bound to x, which the kernel reads
+  // for an input only when its flag in the params says it is present.
+  const Conv3x3Slots slot = Conv3x3Slots::of(options());
+  std::vector<mx::array> bound;
+  for (int i : {slot.x, slot.weight, slot.stats, slot.gamma, slot.beta, slot.bias, slot.residual, slot.shortcut_x,
+                slot.shortcut_w, slot.shortcut_bias}) {
+    bound.push_back(inputs[i >= 0 ? i : slot.x]);
+  }
+  std::vector<mx::fast::ScalarArg> scalars;
+#define FC_SCALAR(f) scalars.push_back(p.f);
+  FC_CONV3X3_FIELDS(FC_SCALAR)
+#undef FC_SCALAR
+  launch(stream(), cp::plan_conv3x3(p, kernel_dtype(out)), bound, {out}, scalars);
+}
+
+void Linear::eval_gpu(const std::vector<mx::array>&, mx::array&) { unreachable(name()); }
+
+void Attention::eval_gpu(const std::vector<mx::array>&, mx::array&) { unreachable(name()); }
+
+}  // namespace fusedconv

@@ -1,0 +1,44 @@
+// Tile constants shared by the CUDA kernels and their host plans (cuda/plan.h).
+#pragma once
+
+namespace fusedconv {
+namespace cuda_plan {
+
+// conv3x3 tiles: kTileRows x kTileCols output pixels (a near-square patch: its input
+// halo is (rows + 2) x (cols + 2) pixels, 1.33 per output pixel) per block.
+constexpr int kTileRows = 8;
+constexpr int kTileCols = 32;
+
+// On tensor cores (bf16/fp16): a block of 8 warps (4 x 2, each 64 pixels x 64 channels)
+// computes the 256-pixel tile x kMmaTileN output channels, staging kMmaBK input channels
+// at a time, double-buffered (the next chunk's weights by cp.async and its input in
+// registers while the tensor cores work on this one). Rows of the staged tiles are
+// kMmaBK + 8 elements (48 bytes): the 8 row addresses of an ldmatrix phase fall on
+// disjoint banks. The norm's per-channel affine for all C channels sits in shared memory
+// (kMmaMaxNormChannels at most; beyond that the CUDA-core kernel runs).
+constexpr int kMmaThreads = 256;
+constexpr int kMmaTileN = 128;
+constexpr int kMmaBK = 16;
+constexpr int kMmaRowStride = kMmaBK + 8;
+constexpr int kMmaMaxNormChannels = 4096;
+
+// On CUDA cores (float32, and any dtype with few output channels): a thread per output
+// pixel of the tile computes kSimtTileN (or kSimtNarrowN for O <= 8) output channels,
+// staging kSimtBK input channels at a time in f32.
+constexpr int kSimtThreads = kTileRows * kTileCols;
+constexpr int kSimtTileN = 32;
+constexpr int kSimtNarrowN = 8;
+constexpr int kSimtBK = 16;
+
+// group_norm_stats: a block reduces one slice of one (image, group): about
+// kStatsSliceElements elements, at most kStatsMaxSlices slices per (image, group).
+constexpr int kStatsThreads = 256;
+constexpr long long kStatsSliceElements = 65536;
+constexpr int kStatsMaxSlices = 256;
+constexpr int kStatsMergeThreads = 128;
+
+// pixel_norm_stats: one warp per pixel, kPixelStatsThreads / 32 pixels per block.
+constexpr int kPixelStatsThreads = 256;
+
+}  // namespace cuda_plan
+}  // namespace fusedconv

@@ -1,0 +1,161 @@
+"""The GPU backends on a real GPU, against the CPU backend and the reference composition:
+Metal (an Apple GPU; on Linux CI its kernels are verified by test_metal_emulator.py and have
+never run on Apple hardware as of this release) and CUDA (MLX's CUDA build; run on an H100/H200
+through this project's device machine). Skipped where MLX has neither."""
+
+import gc
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fusedconv
+from reference import normalized_error
+from test_metal_emulator import CONV_SHAPES, DTYPES, TOL, conv_case
+
+GPU_BACKEND = "metal" if mx.metal.is_available() else ("cuda" if mx.cuda.is_available() else None)
+pytestmark = pytest.mark.skipif(GPU_BACKEND is None, reason="needs MLX with Metal or CUDA and its GPU")
+
+# Beyond the emulator's shapes, the CUDA tensor-core tiles: widths that take 1, 2 and 4
+# output rows per tile, channel counts that are and are not multiples of its 8-wide
+# vector loads, more output channels than one tile, a pixel-norm input.
+GPU_SHAPES = CONV_SHAPES + [
+    (1, 2, 130, 24, 136, 8, 1, "residual"),
+    (1, 3, 70, 40, 20, 4, 2, "shortcut"),
+    (1, 4, 33, 16, 16, 4, 2, "residual"),
+    (2, 5, 50, 48, 72, 16, 1, "shortcut"),
+    (1, 2, 129, 21, 9, 3, 1, "none"),
+]
+
+
+def conv(x, weight, kw, stream):
+    norm = (kw["stats"], kw["gamma"], kw["beta"]) if "stats" in kw else None
+    key = "pixel_norm" if kw.get("pixel_norm") else "norm"
+    return fusedconv.conv3x3(x, weight, kw.get("bias"), **{key: norm}, silu=kw["silu"], upsample=kw["upsample"],
+                             residual=kw.get("residual"), shortcut=kw.get("shortcut"), stream=stream)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_conv3x3_gpu_matches_cpu(dtype, shape):
+    n, h, w, c, o, groups, up, tail = shape
+    x, weight, kw = conv_case(hash(shape) % 1000, dtype, n, h, w, c, o, groups, up, tail=tail)
+    assert normalized_error(conv(x, weight, kw, mx.gpu), conv(x, weight, kw, mx.cpu)) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1, 3, 37, 20, 40, 0, 2, "residual"), (2, 2, 140, 16, 3, 0, 1, "shortcut")],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_pixel_norm_conv3x3_gpu_matches_cpu(dtype, shape):
+    n, h, w, c, o, _, up, tail = shape
+    x, weight, kw = conv_case(hash(shape) % 1000, dtype, n, h, w, c, o, 1, up, tail=tail, pixel_norm=True)
+    assert normalized_error(conv(x, weight, kw, mx.gpu), conv(x, weight, kw, mx.cpu)) <= TOL[dtype]
+
+
+@st.composite
+def conv_calls(draw):
+    """Valid calls with every option: the GPU and CPU backends compute the same op."""
+    dtype = draw(st.sampled_from(DTYPES))
+    n, h, w = draw(st.integers(1, 2)), draw(st.integers(1, 9)), draw(st.integers(1, 140))
+    c, o = draw(st.integers(1, 40)), draw(st.sampled_from([1, 3, 8, 9, 16, 33, 130]))
+    groups = draw(st.sampled_from([d for d in range(1, c + 1) if c % d == 0]))
+    up = draw(st.sampled_from([1, 2]))
+    tail = draw(st.sampled_from(["none", "residual", "shortcut"]))
+    kind = draw(st.sampled_from(["group", "pixel", "none"]))
+    x, weight, kw = conv_case(draw(st.integers(0, 2**31)), dtype, n, h, w, c, o, groups, up, tail=tail,
+                              norm=kind == "group", pixel_norm=kind == "pixel", silu=draw(st.booleans()),
+                              bias=draw(st.booleans()), shortcut_c=draw(st.integers(1, 20)))
+    return dtype, x, weight, kw
+
+
+@settings(max_examples=60, deadline=None)
+@given(conv_calls())
+def test_conv3x3_gpu_matches_cpu_fuzz(call):
+    dtype, x, weight, kw = call
+    assert normalized_error(conv(x, weight, kw, mx.gpu), conv(x, weight, kw, mx.cpu)) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape, groups", [((2, 33, 17, 64), 32), ((1, 300, 301, 48), 16), ((1, 7, 5, 30), 5)],
+                         ids=["small", "many-slices", "group-of-6"])
+def test_group_norm_stats_gpu_matches_cpu(dtype, shape, groups):
+    # A large mean (50) over a small spread: the variance must not lose its digits.
+    x = (mx.random.normal(shape, key=mx.random.key(3)) * 2 + 50).astype(dtype)
+    gpu = fusedconv.group_norm_stats(x, groups, 1e-6, stream=mx.gpu)
+    cpu = fusedconv.group_norm_stats(x, groups, 1e-6, stream=mx.cpu)
+    np.testing.assert_allclose(np.array(gpu), np.array(cpu), rtol=2e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_pixel_norm_stats_gpu_matches_cpu(dtype):
+    x = mx.random.normal((2, 19, 23, 45), key=mx.random.key(4)).astype(dtype)
+    gpu = fusedconv.pixel_norm_stats(x, 1e-12, stream=mx.gpu)
+    cpu = fusedconv.pixel_norm_stats(x, 1e-12, stream=mx.cpu)
+    np.testing.assert_allclose(np.array(gpu), np.array(cpu), rtol=1e-5)
+
+
+def conv_scratch(side, c=128):
+    """MLX's peak during one fused GN+SiLU+conv on the GPU, less its inputs and output."""
+    x = mx.random.normal((1, side, side, c), key=mx.random.key(5)).astype(mx.bfloat16)
+    w = (mx.random.normal((c, 3, 3, c), key=mx.random.key(6)) * 0.03).astype(mx.bfloat16)
+    gamma, beta = mx.ones((c,), mx.bfloat16), mx.zeros((c,), mx.bfloat16)
+    stats = fusedconv.group_norm_stats(x, 32, 1e-6, stream=mx.gpu)
+    mx.eval(x, w, gamma, beta, stats)
+    gc.collect()
+    mx.clear_cache()
+    base = mx.get_active_memory()
+    mx.reset_peak_memory()
+    out = fusedconv.conv3x3(x, w, norm=(stats, gamma, beta), silu=True, stream=mx.gpu)
+    mx.eval(out)
+    return mx.get_peak_memory() - base - out.nbytes
+
+
+def stats_scratch(side, c=128):
+    x = mx.random.normal((1, side, side, c), key=mx.random.key(7)).astype(mx.bfloat16)
+    mx.eval(x)
+    gc.collect()
+    mx.clear_cache()
+    base = mx.get_active_memory()
+    mx.reset_peak_memory()
+    out = fusedconv.group_norm_stats(x, 32, 1e-6, stream=mx.gpu)
+    mx.eval(out)
+    return mx.get_peak_memory() - base - out.nbytes
+
+
+def test_gpu_scratch_does_not_grow_with_image():
+    # The conv keeps no device scratch; the statistics keep at most 256 slices x 2 floats
+    # per (image, group): 64 KiB for 32 groups. 16x the pixels, the same bound.
+    for side in (256, 1024):
+        assert conv_scratch(side) <= 64 * 1024, side
+        assert stats_scratch(side) <= 64 * 1024 + 16 * 1024, side
+
+
+def test_decoder_gpu_fused_matches_reference():
+    from fusedconv.config import VAEConfig
+    from fusedconv.vae import AutoencoderKLDecoder
+
+    cfg = VAEConfig(block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=4, norm_num_groups=8)
+    dec = AutoencoderKLDecoder(cfg)
+    z = mx.random.normal((1, 9, 7, 4))
+    with mx.stream(mx.gpu):
+        fused = dec.set_fused(True)(z)
+        ref = dec.set_fused(False)(z)
+    assert normalized_error(fused, ref) <= 1e-4
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=str)
+def test_decoder_gpu_matches_diffusers(tmp_path, dtype):
+    pytest.importorskip("diffusers")
+    from fusedconv.vae import load_decoder
+    from test_vae_diffusers import TOL as DECODE_TOL
+    from vae_fixtures import diffusers_decode, diffusers_vae, normalized
+
+    model = diffusers_vae("flux-like-4block")
+    model.save_pretrained(tmp_path)
+    dec = load_decoder(tmp_path, dtype=dtype).set_fused(True)
+    z = np.random.default_rng(2).standard_normal((2, 9, 7, 16)).astype(np.float32)
+    with mx.stream(mx.gpu):
+        got = np.array(dec(mx.array(z)).astype(mx.float32))
+    assert normalized(got, diffusers_decode(model, z)) <= DECODE_TOL[dtype]
