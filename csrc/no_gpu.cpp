@@ -1,6 +1,5 @@
-// The GPU side of a build without GPU kernels (MLX's CPU build; MLX's CUDA build until
-// csrc/cuda/ exists): no op has a kernel, so ops.cpp builds each op's reference
-// composition on a GPU stream and these are never reached.
+// The GPU side of a build without GPU kernels (MLX's CPU build): no op has a kernel, so
+// ops.cpp builds each op's reference composition on a GPU stream and these are never reached.
 #include <stdexcept>
 
 #include "primitives.h"

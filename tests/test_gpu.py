@@ -18,15 +18,18 @@ from test_metal_emulator import CONV_SHAPES, DTYPES, TOL, conv_case
 GPU_BACKEND = "metal" if mx.metal.is_available() else ("cuda" if mx.cuda.is_available() else None)
 pytestmark = pytest.mark.skipif(GPU_BACKEND is None, reason="needs MLX with Metal or CUDA and its GPU")
 
-# Beyond the emulator's shapes, the CUDA tensor-core tiles: widths that take 1, 2 and 4
-# output rows per tile, channel counts that are and are not multiples of its 8-wide
-# vector loads, more output channels than one tile, a pixel-norm input.
+# Beyond the emulator's shapes, the CUDA kernels' edges: widths and heights that are not
+# multiples of the 8 x 32 tile, channel counts that are and are not multiples of the 8-wide
+# vector loads, more output channels than one tile, O = 9 (just past the narrow kernel),
+# and more input channels than the tensor-core kernel's norm table (the CUDA-core kernel
+# in 16-bit dtypes).
 GPU_SHAPES = CONV_SHAPES + [
     (1, 2, 130, 24, 136, 8, 1, "residual"),
     (1, 3, 70, 40, 20, 4, 2, "shortcut"),
     (1, 4, 33, 16, 16, 4, 2, "residual"),
     (2, 5, 50, 48, 72, 16, 1, "shortcut"),
     (1, 2, 129, 21, 9, 3, 1, "none"),
+    (1, 3, 9, 1040, 16, 8, 1, "residual"),
 ]
 
 

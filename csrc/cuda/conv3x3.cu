@@ -5,11 +5,12 @@
 //
 // Two kernels, each instantiated by name (extern "C", loaded by MLX's
 // precompiled_cuda_kernel from this file's cubin):
-// - fc_conv3x3_mma_<dtype>_r<TR> (bf16/fp16): 8 warps on mma.sync m16n8k16 tensor
+// - fc_conv3x3_mma_<dtype> (bf16/fp16): 8 warps on mma.sync m16n8k16 tensor
 //   cores, f32 accumulation; the staged halo rows are the A operand of all 9 taps (each
 //   tap is the same tile shifted by (ky, kx)), loaded with ldmatrix;
-// - fc_conv3x3_simt_<dtype>_<OPT> (float32 at full precision, and O <= 8 such as
-//   conv_out's 3 channels, where a tensor-core tile would be mostly empty): f32 FMA.
+// - fc_conv3x3_simt_<dtype>_<TN> (float32 at full precision; O <= 8 such as conv_out's
+//   3 channels, where a tensor-core tile would be mostly empty; GPUs whose blocks cannot
+//   have the tensor-core kernel's shared memory): f32 FMA.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -493,6 +494,9 @@ FC_CONV_KERNEL(fc_conv3x3_mma_bfloat16, __nv_bfloat16, conv3x3_mma<__nv_bfloat16
 FC_CONV_KERNEL(fc_conv3x3_mma_float16, __half, conv3x3_mma<__half>, FC_MMA_BOUNDS)
 FC_CONV_KERNEL(fc_conv3x3_simt_float32_32, float, (conv3x3_simt<float, cp::kSimtTileN>), FC_SIMT_BOUNDS)
 FC_CONV_KERNEL(fc_conv3x3_simt_float32_8, float, (conv3x3_simt<float, cp::kSimtNarrowN>), FC_SIMT_BOUNDS)
+FC_CONV_KERNEL(fc_conv3x3_simt_float16_32, __half, (conv3x3_simt<__half, cp::kSimtTileN>), FC_SIMT_BOUNDS)
 FC_CONV_KERNEL(fc_conv3x3_simt_float16_8, __half, (conv3x3_simt<__half, cp::kSimtNarrowN>), FC_SIMT_BOUNDS)
+FC_CONV_KERNEL(fc_conv3x3_simt_bfloat16_32, __nv_bfloat16, (conv3x3_simt<__nv_bfloat16, cp::kSimtTileN>),
+               FC_SIMT_BOUNDS)
 FC_CONV_KERNEL(fc_conv3x3_simt_bfloat16_8, __nv_bfloat16, (conv3x3_simt<__nv_bfloat16, cp::kSimtNarrowN>),
                FC_SIMT_BOUNDS)

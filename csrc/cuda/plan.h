@@ -57,16 +57,15 @@ inline unsigned mma_shared_bytes() {
   return unsigned(2 * (halo + weights) * 2 + kMmaMaxNormChannels * 2 * 4);
 }
 
-inline KernelPlan plan_conv3x3(const Conv3x3Params& p, KernelDType dt) {
+// max_shared_bytes: the most dynamic shared memory the device lets one block opt into.
+inline KernelPlan plan_conv3x3(const Conv3x3Params& p, KernelDType dt, unsigned max_shared_bytes) {
   KernelPlan k;
   k.module = "conv3x3";
-  if (dt == KernelDType::float32 || p.o <= kSimtNarrowN || p.c > kMmaMaxNormChannels) {
+  const bool mma = dt != KernelDType::float32 && p.o > kSimtNarrowN && p.c <= kMmaMaxNormChannels &&
+                   mma_shared_bytes() <= max_shared_bytes;
+  if (!mma) {
     // f32 at full precision; few output channels would leave a tensor-core tile empty.
     const int tn = p.o <= kSimtNarrowN ? kSimtNarrowN : kSimtTileN;
-    if (dt != KernelDType::float32 && tn != kSimtNarrowN) {
-      throw std::invalid_argument("fusedconv: conv3x3 on CUDA supports at most " +
-                                  std::to_string(kMmaMaxNormChannels) + " input channels in 16-bit dtypes");
-    }
     k.name = std::string("fc_conv3x3_simt_") + dtype_name(dt) + "_" + std::to_string(tn);
     set_grid(k, conv_tiles(p, tn), kSimtThreads);
     return k;

@@ -74,6 +74,22 @@ const std::string& module_image(const std::string& module, const mx::Stream& s) 
   return images.emplace(key, read_file(chosen)).first->second;
 }
 
+// The most dynamic shared memory one block may opt into on the stream's device.
+unsigned max_shared_bytes(const mx::Stream& s) {
+  static std::mutex mutex;
+  static std::map<int, unsigned> limits;
+  const int ordinal = mx::cu::device(s.device).cuda_device();
+  std::lock_guard lock(mutex);
+  if (auto it = limits.find(ordinal); it != limits.end()) return it->second;
+  CUdevice device;
+  int bytes = 0;
+  if (cuDeviceGet(&device, ordinal) != CUDA_SUCCESS ||
+      cuDeviceGetAttribute(&bytes, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, device) != CUDA_SUCCESS) {
+    throw std::runtime_error("fusedconv: cannot read the CUDA device's shared-memory limit");
+  }
+  return limits.emplace(ordinal, unsigned(bytes)).first->second;
+}
+
 cp::KernelDType kernel_dtype(const mx::array& a) {
   switch (a.dtype()) {
     case mx::float32: return cp::KernelDType::float32;
@@ -143,7 +159,7 @@ void FusedConv3x3::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out
 #define FC_SCALAR(f) scalars.push_back(p.f);
   FC_CONV3X3_FIELDS(FC_SCALAR)
 #undef FC_SCALAR
-  launch(stream(), cp::plan_conv3x3(p, kernel_dtype(out)), bound, {out}, scalars);
+  launch(stream(), cp::plan_conv3x3(p, kernel_dtype(out), max_shared_bytes(stream())), bound, {out}, scalars);
 }
 
 void Linear::eval_gpu(const std::vector<mx::array>&, mx::array&) { unreachable(name()); }

@@ -15,16 +15,17 @@ constexpr int kTileCols = 32;
 // registers while the tensor cores work on this one). Rows of the staged tiles are
 // kMmaBK + 8 elements (48 bytes): the 8 row addresses of an ldmatrix phase fall on
 // disjoint banks. The norm's per-channel affine for all C channels sits in shared memory
-// (kMmaMaxNormChannels at most; beyond that the CUDA-core kernel runs).
+// (kMmaMaxNormChannels at most). 147 KiB in all: GPUs that allow a block less (sm_86/89/120:
+// 99 KiB) or wider inputs take the CUDA-core kernel.
 constexpr int kMmaThreads = 256;
 constexpr int kMmaTileN = 128;
 constexpr int kMmaBK = 16;
 constexpr int kMmaRowStride = kMmaBK + 8;
-constexpr int kMmaMaxNormChannels = 4096;
+constexpr int kMmaMaxNormChannels = 1024;
 
-// On CUDA cores (float32, and any dtype with few output channels): a thread per output
-// pixel of the tile computes kSimtTileN (or kSimtNarrowN for O <= 8) output channels,
-// staging kSimtBK input channels at a time in f32.
+// On CUDA cores (float32, any dtype with few output channels, and where the tensor-core
+// kernel does not fit): a thread per output pixel of the tile computes kSimtTileN (or
+// kSimtNarrowN for O <= 8) output channels, staging kSimtBK input channels at a time in f32.
 constexpr int kSimtThreads = kTileRows * kTileCols;
 constexpr int kSimtTileN = 32;
 constexpr int kSimtNarrowN = 8;

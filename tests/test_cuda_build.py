@@ -1,0 +1,192 @@
+"""The CUDA backend's sources, built without a GPU (CI has nvcc, never an NVIDIA GPU; the
+kernels run in tests/test_gpu.py on an H200 through the device machine):
+1. every .cu file compiles with nvcc for each architecture the build defaults to (and to PTX
+   for the first), and the tensor-core kernel keeps its accumulators in registers (no stack
+   frame, no spills);
+2. every kernel the dispatch plans (csrc/cuda/plan.h) can name is in its module's cubin, and
+   its dynamic shared memory fits each architecture's per-block limit;
+3. the host glue (csrc/cuda/primitives_cuda.cpp) compiles against MLX 0.32.4's CUDA headers
+   (the mlx-cuda-13 wheel, downloaded once) and needs only symbols that wheel's libmlx exports.
+What this cannot: run a kernel, or MLX's CMake package with cuDNN (the device build does)."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CSRC = ROOT / "csrc"
+MODULES = ("conv3x3", "group_norm_stats", "pixel_norm_stats")
+MLX_VERSION = "0.32.4"
+CACHE = Path(os.environ.get("FUSEDCONV_TEST_CACHE", Path.home() / ".cache" / "fusedconv-tests"))
+NVCC = shutil.which("nvcc")
+# The most dynamic shared memory a block may opt into, per compute capability.
+SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024, 100: 227 * 1024,
+                120: 99 * 1024}
+
+pytestmark = pytest.mark.skipif(NVCC is None, reason="needs nvcc (CUDA toolkit)")
+
+
+def default_architectures() -> list:
+    text = (ROOT / "CMakeLists.txt").read_text()
+    return [int(a) for a in re.search(r'set\(FUSEDCONV_CUDA_ARCHITECTURES "([0-9;]+)"', text).group(1).split(";")]
+
+
+def nvcc(args: list) -> subprocess.CompletedProcess:
+    return subprocess.run([NVCC, "-std=c++17", "-O3", f"-I{CSRC}", *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def cubins(tmp_path_factory) -> dict:
+    """(module, arch) -> (cubin path, ptxas report); (module, 'ptx') -> PTX path."""
+    out = tmp_path_factory.mktemp("cuda")
+    archs = default_architectures()
+    jobs = {(m, a): ["-arch", f"sm_{a}", "-cubin", "-Xptxas", "-v", "-o", str(out / f"{m}.sm_{a}.cubin"),
+                     str(CSRC / "cuda" / f"{m}.cu")] for m in MODULES for a in archs}
+    jobs.update({(m, "ptx"): ["-arch", f"compute_{archs[0]}", "-ptx", "-o", str(out / f"{m}.ptx"),
+                              str(CSRC / "cuda" / f"{m}.cu")] for m in MODULES})
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        results = dict(zip(jobs, pool.map(nvcc, jobs.values())))
+    for key, res in results.items():
+        assert res.returncode == 0, f"{key}: {res.stderr}"
+    return {key: (Path(jobs[key][jobs[key].index("-o") + 1]), results[key].stderr) for key in jobs}
+
+
+def test_every_source_compiles_for_every_default_architecture(cubins):
+    for (module, arch), (path, _) in cubins.items():
+        assert path.stat().st_size > 0, (module, arch)
+
+
+def test_tensor_core_kernel_keeps_its_accumulators_in_registers(cubins, plan_printer):
+    # On the architectures that run it (the others' blocks cannot have its shared memory).
+    mma_bytes = int(subprocess.run([str(plan_printer), "0"], capture_output=True, text=True,
+                                   check=True).stdout.split("\n")[0].split()[1])
+    for arch in (a for a in default_architectures() if SHARED_LIMIT[a] >= mma_bytes):
+        report = cubins[("conv3x3", arch)][1]
+        for kernel in ("fc_conv3x3_mma_bfloat16", "fc_conv3x3_mma_float16"):
+            block = report.split(f"Compiling entry function '{kernel}'")[1].split("Compiling entry")[0]
+            assert "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" in block, (arch, block)
+
+
+PLAN_PRINTER = r"""
+#include <cstdio>
+#include <cstdlib>
+#include "cuda/plan.h"
+using namespace fusedconv;
+using namespace fusedconv::cuda_plan;
+int main(int argc, char** argv) {
+  const unsigned limit = unsigned(atoi(argv[1]));
+  printf("mma_shared_bytes %u\n", mma_shared_bytes());
+  const KernelDType dtypes[] = {KernelDType::float32, KernelDType::float16, KernelDType::bfloat16};
+  for (KernelDType dt : dtypes) {
+    for (int o : {1, 3, 8, 9, 128, 512}) {
+      for (int c : {3, 128, 1024, 1025}) {
+        Conv3x3Params p{2, 17, 45, c, 34, 90, o, 1, 0, 2, 1, 1, 0, 0, 0};
+        KernelPlan k = plan_conv3x3(p, dt, limit);
+        printf("%s %s %u %u %u %u\n", k.module.c_str(), k.name.c_str(), k.blocks_x, k.blocks_y, k.threads,
+               k.shared_bytes);
+      }
+    }
+    GroupNormStatsParams g{2, 96, 32, 1e-6f, 1000000};
+    const StatsSlices s = group_norm_slices(g);
+    for (const KernelPlan& k : {plan_group_norm_partial(g, s, dt), plan_group_norm_merge(g, dt),
+                                plan_pixel_norm_stats(PixelNormStatsParams{3000000, 96, 1e-6f}, dt)}) {
+      printf("%s %s %u %u %u %u\n", k.module.c_str(), k.name.c_str(), k.blocks_x, k.blocks_y, k.threads,
+             k.shared_bytes);
+    }
+  }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def plan_printer(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("plan")
+    (d / "main.cpp").write_text(PLAN_PRINTER)
+    subprocess.run(["g++", "-std=c++20", f"-I{CSRC}", str(d / "main.cpp"), "-o", str(d / "plan")], check=True)
+    return d / "plan"
+
+
+@pytest.mark.parametrize("arch", sorted(SHARED_LIMIT))
+def test_every_planned_kernel_exists_and_fits_the_architecture(cubins, plan_printer, arch):
+    built = default_architectures()
+    # The cubin a device of this compute capability loads: the newest built of its major
+    # version (primitives_cuda.cpp), else the PTX.
+    same_major = [a for a in built if a // 10 == arch // 10 and a <= arch]
+    key = lambda m: (m, max(same_major)) if same_major else (m, "ptx")  # noqa: E731
+    lines = subprocess.run([str(plan_printer), str(SHARED_LIMIT[arch])], capture_output=True, text=True,
+                           check=True).stdout.split("\n")
+    mma_bytes = int(lines[0].split()[1])
+    planned = {tuple(line.split()) for line in lines[1:] if line}
+    names = set()
+    for module, name, bx, by, threads, shared in planned:
+        image = cubins[key(module)][0].read_bytes()
+        assert name.encode() + b"\0" in image, (arch, module, name)
+        assert int(shared) <= SHARED_LIMIT[arch], (arch, name, shared)
+        assert int(bx) * int(threads) < 2**31 and int(by) <= 65535
+        names.add(name)
+    # The tensor-core kernel where it fits, the CUDA-core kernel where it does not.
+    assert any("_mma_" in n for n in names) == (SHARED_LIMIT[arch] >= mma_bytes), (arch, sorted(names))
+
+
+def mlx_cuda_package() -> Path:
+    """MLX's CUDA 13 wheel (headers, libmlx.so), downloaded once and partly unpacked."""
+    unpacked = CACHE / f"mlx-cuda-13-{MLX_VERSION}"
+    if not (unpacked / "mlx" / "lib" / "libmlx.so").exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                        "--platform", "manylinux_2_35_x86_64", "--python-version", "3.12", "-d", str(CACHE),
+                        f"mlx-cuda-13=={MLX_VERSION}"], check=True)
+        wheel = next(CACHE.glob(f"mlx_cuda_13-{MLX_VERSION}-*.whl"))
+        shutil.rmtree(unpacked, ignore_errors=True)
+        with zipfile.ZipFile(wheel) as z:
+            z.extractall(unpacked, [n for n in z.namelist() if n.startswith("mlx/include/mlx/")
+                                    or n == "mlx/lib/libmlx.so"])
+    return unpacked / "mlx"
+
+
+def fmt_flags() -> list:
+    """{fmt}'s headers (MLX's CUDA headers include them): the system's (libfmt-dev), or
+    PyTorch's copy."""
+    if Path("/usr/include/fmt/format.h").exists():
+        return []
+    return [f"-isystem{Path(p) / 'torch' / 'include'}" for p in sys.path
+            if (Path(p) / "torch" / "include" / "fmt" / "format.h").exists()][:1]
+
+
+@pytest.fixture(scope="module")
+def host_glue_object(tmp_path_factory) -> Path:
+    mlx = mlx_cuda_package()
+    cuda_include = Path(os.path.realpath(NVCC)).parents[1] / "include"
+    if not (cuda_include / "cuda.h").exists():
+        cuda_include = Path("/usr/local/cuda/include")
+    obj = tmp_path_factory.mktemp("glue") / "primitives_cuda.o"
+    res = subprocess.run(["g++", "-std=c++20", "-O1", "-fPIC", "-Wall", "-Wextra", "-Wno-unused-parameter",
+                          "-DFMT_HEADER_ONLY", f"-I{CSRC}", f"-I{mlx / 'include'}", f"-isystem{cuda_include}",
+                          *fmt_flags(), "-c", str(CSRC / "cuda" / "primitives_cuda.cpp"),
+                          "-o", str(obj)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "primitives_cuda.cpp" not in res.stderr, res.stderr  # no warnings from our source
+    return obj
+
+
+def _symbols(path: Path, *flags) -> set:
+    """Mangled symbol names (no spaces) that nm lists with these flags."""
+    out = subprocess.run(["nm", *flags, str(path)], capture_output=True, text=True, check=True).stdout
+    return {line.split()[-1] for line in out.split("\n") if line.strip()}
+
+
+def test_host_glue_needs_only_what_libmlx_exports(host_glue_object):
+    """libmlx hides most of its CUDA backend (its allocator, its JIT module cache): a glue
+    that called those would build and fail at import. Every mlx:: symbol the glue leaves
+    undefined must be a dynamic export of the wheel's libmlx.so."""
+    needed = {s for s in _symbols(host_glue_object, "-u") if "N3mlx" in s and "fusedconv" not in s}
+    exported = _symbols(mlx_cuda_package() / "lib" / "libmlx.so", "-D", "--defined-only")
+    assert {s for s in needed if "precompiled_cuda_kernel" in s or "get_command_encoder" in s}, sorted(needed)
+    assert sorted(needed - exported) == []
