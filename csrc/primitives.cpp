@@ -18,6 +18,15 @@ void allocate(mx::array& a, const char* op) {
   a.set_data(std::move(data));
 }
 
+KernelDType kernel_dtype(const mx::array& a) {
+  switch (a.dtype()) {
+    case mx::float32: return KernelDType::float32;
+    case mx::float16: return KernelDType::float16;
+    case mx::bfloat16: return KernelDType::bfloat16;
+    default: throw std::invalid_argument("fusedconv: unsupported dtype reached a GPU kernel");
+  }
+}
+
 // ---- transforms from the composition ----------------------------------------------
 
 namespace {

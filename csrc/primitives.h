@@ -14,6 +14,7 @@
 #include <optional>
 #include <string>
 
+#include "kernel_dtype.h"
 #include "mlx/primitives.h"
 #include "params.h"
 
@@ -46,6 +47,9 @@ class OutOfMemory : public std::bad_alloc {
 // it), or throws OutOfMemory: MLX's allocator can return a null buffer, which every
 // primitive used to write through.
 void allocate(mx::array& a, const char* op);
+
+// The kernel instantiation of an array's dtype (the ops admit only these to the GPU kernels).
+KernelDType kernel_dtype(const mx::array& a);
 
 using Fallback = std::function<std::vector<mx::array>(const std::vector<mx::array>&)>;
 

@@ -114,6 +114,7 @@ def test_doctor_reports_versions_checks_and_timing(tmp_path, capsys):
     assert cli.main(["doctor", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["mlx"] == mx.__version__ and report["cpu_build"] in report["cpu_builds_available"]
+    assert report["built_with_cuda"] is False and report["cuda_kernels"] is None  # MLX's CPU build
     names = [c["check"] for c in report["checks"]]
     assert len(names) >= 9 and all(c["ok"] for c in report["checks"])
     assert report["timing"]["fused_gn_silu_conv3x3_s"] > 0

@@ -14,17 +14,15 @@ import re
 import shutil
 import subprocess
 import sys
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from wheels import mlx_wheel
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 MODULES = ("conv3x3", "group_norm_stats", "pixel_norm_stats")
-MLX_VERSION = "0.32.4"
-CACHE = Path(os.environ.get("FUSEDCONV_TEST_CACHE", Path.home() / ".cache" / "fusedconv-tests"))
 NVCC = shutil.which("nvcc")
 # The most dynamic shared memory a block may opt into, per compute capability.
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024, 100: 227 * 1024,
@@ -136,19 +134,9 @@ def test_every_planned_kernel_exists_and_fits_the_architecture(cubins, plan_prin
 
 
 def mlx_cuda_package() -> Path:
-    """MLX's CUDA 13 wheel (headers, libmlx.so), downloaded once and partly unpacked."""
-    unpacked = CACHE / f"mlx-cuda-13-{MLX_VERSION}"
-    if not (unpacked / "mlx" / "lib" / "libmlx.so").exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                        "--platform", "manylinux_2_35_x86_64", "--python-version", "3.12", "-d", str(CACHE),
-                        f"mlx-cuda-13=={MLX_VERSION}"], check=True)
-        wheel = next(CACHE.glob(f"mlx_cuda_13-{MLX_VERSION}-*.whl"))
-        shutil.rmtree(unpacked, ignore_errors=True)
-        with zipfile.ZipFile(wheel) as z:
-            z.extractall(unpacked, [n for n in z.namelist() if n.startswith("mlx/include/mlx/")
-                                    or n == "mlx/lib/libmlx.so"])
-    return unpacked / "mlx"
+    """MLX's CUDA 13 wheel: its headers and libmlx.so."""
+    return mlx_wheel("mlx-cuda-13", "manylinux_2_35_x86_64",
+                     lambda m: m.startswith("mlx/include/mlx/") or m == "mlx/lib/libmlx.so")
 
 
 def fmt_flags() -> list:

@@ -22,26 +22,15 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from wheels import MLX_VERSION, mlx_wheel
 
 ROOT = Path(__file__).resolve().parents[1]
 MACOS = ROOT / "tests" / "macos"
-MLX_VERSION = "0.32.4"
-CACHE = Path(os.environ.get("FUSEDCONV_TEST_CACHE", Path.home() / ".cache" / "fusedconv-tests"))
 
 
 def mlx_metal_package() -> Path:
-    """MLX's macOS arm64 wheel, downloaded once (PyPI) and unpacked in the cache."""
-    unpacked = CACHE / f"mlx-metal-{MLX_VERSION}"
-    if not (unpacked / "mlx" / "lib" / "libmlx.dylib").exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                        "--platform", "macosx_14_0_arm64", "--python-version", "3.12", "-d", str(CACHE),
-                        f"mlx-metal=={MLX_VERSION}"], check=True)
-        wheel = next(CACHE.glob(f"mlx_metal-{MLX_VERSION}-*macosx*_arm64.whl"))
-        shutil.rmtree(unpacked, ignore_errors=True)
-        with zipfile.ZipFile(wheel) as z:
-            z.extractall(unpacked)
-    return unpacked / "mlx"
+    """MLX's macOS arm64 wheel."""
+    return mlx_wheel("mlx-metal", "macosx_14_0_arm64")
 
 
 @pytest.fixture(scope="module")

@@ -249,6 +249,28 @@ __device__ void stage_weights(const Conv3x3Params& p, const T* w, int o0, int c0
   cp_async_commit();
 }
 
+// One k16 step of a warp's 64 x 64 tile: A fragments from four 16-row blocks (a[mi]: this
+// lane's ldmatrix row), B from 64 rows of a [n][LDS] tile (b: this lane's row of the first 16).
+template <typename T>
+__device__ inline void warp_mma_k16(float (&acc)[4][8][4], const T* const (&a)[4], const T* b) {
+  uint32_t af[4][4], bf[8][2];
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi) ldmatrix_x4(af[mi], a[mi]);
+#pragma unroll
+  for (int nj = 0; nj < 4; ++nj) {
+    uint32_t r[4];
+    ldmatrix_x4(r, b + nj * 16 * cp::kMmaRowStride);
+    bf[2 * nj][0] = r[0];
+    bf[2 * nj][1] = r[1];
+    bf[2 * nj + 1][0] = r[2];
+    bf[2 * nj + 1][1] = r[3];
+  }
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 8; ++ni) mma_16816<T>(acc[mi][ni], af[mi], bf[ni]);
+}
+
 template <typename T>
 __device__ void conv3x3_mma(const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ stats,
                             const T* __restrict__ gamma, const T* __restrict__ beta, const T* __restrict__ bias,
@@ -319,22 +341,9 @@ __device__ void conv3x3_mma(const T* __restrict__ x, const T* __restrict__ w, co
 #pragma unroll
     for (int tap = 0; tap < 9; ++tap) {
       const int shift = (tap / 3) * Halo::HC + tap % 3;
-      uint32_t a[4][4], bf[8][2];
-#pragma unroll
-      for (int mi = 0; mi < 4; ++mi) ldmatrix_x4(a[mi], halo + (a_row[mi] + shift) * LDS + a_k);
-#pragma unroll
-      for (int nj = 0; nj < 4; ++nj) {
-        uint32_t r[4];
-        ldmatrix_x4(r, wt + (tap * TN + b_n + nj * 16) * LDS + b_k);
-        bf[2 * nj][0] = r[0];
-        bf[2 * nj][1] = r[1];
-        bf[2 * nj + 1][0] = r[2];
-        bf[2 * nj + 1][1] = r[3];
-      }
-#pragma unroll
-      for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < 8; ++ni) mma_16816<T>(acc[mi][ni], a[mi], bf[ni]);
+      const T* const a[4] = {halo + (a_row[0] + shift) * LDS + a_k, halo + (a_row[1] + shift) * LDS + a_k,
+                             halo + (a_row[2] + shift) * LDS + a_k, halo + (a_row[3] + shift) * LDS + a_k};
+      warp_mma_k16<T>(acc, a, wt + (tap * TN + b_n) * LDS + b_k);
     }
     if (more) Halo::store(p, affine, c_next, pf, halo_bufs + (1 - cur) * HALO_ELEMS);
     cp_async_wait_all();
@@ -356,22 +365,10 @@ __device__ void conv3x3_mma(const T* __restrict__ x, const T* __restrict__ w, co
       bs[nn * LDS + k] = (c < p.shortcut_c && o < p.o) ? shortcut_w[i64(o) * p.shortcut_c + c] : Elem<T>::store(0.0f);
     }
     __syncthreads();
-    uint32_t a[4][4], bf[8][2];
-#pragma unroll
-    for (int mi = 0; mi < 4; ++mi) ldmatrix_x4(a[mi], as + (wm + mi * 16 + lane % 16) * LDS + a_k);
-#pragma unroll
-    for (int nj = 0; nj < 4; ++nj) {
-      uint32_t r[4];
-      ldmatrix_x4(r, bs + (b_n + nj * 16) * LDS + b_k);
-      bf[2 * nj][0] = r[0];
-      bf[2 * nj][1] = r[1];
-      bf[2 * nj + 1][0] = r[2];
-      bf[2 * nj + 1][1] = r[3];
-    }
-#pragma unroll
-    for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-      for (int ni = 0; ni < 8; ++ni) mma_16816<T>(acc[mi][ni], a[mi], bf[ni]);
+    const int m = wm + lane % 16;
+    const T* const a[4] = {as + m * LDS + a_k, as + (m + 16) * LDS + a_k, as + (m + 32) * LDS + a_k,
+                           as + (m + 48) * LDS + a_k};
+    warp_mma_k16<T>(acc, a, bs + b_n * LDS + b_k);
     __syncthreads();
   }
 

@@ -7,20 +7,13 @@
 #include <string>
 
 #include "cuda/tiles.h"
+#include "kernel_dtype.h"
 #include "params.h"
 
 namespace fusedconv::cuda_plan {
 
-enum class KernelDType { float32, float16, bfloat16 };
-
-inline const char* dtype_name(KernelDType dt) {
-  switch (dt) {
-    case KernelDType::float32: return "float32";
-    case KernelDType::float16: return "float16";
-    case KernelDType::bfloat16: return "bfloat16";
-  }
-  return "";
-}
+using fusedconv::dtype_name;
+using fusedconv::KernelDType;
 
 struct KernelPlan {
   std::string module;  // the .cu file the kernel is compiled from (its cubin's stem)

@@ -90,15 +90,6 @@ unsigned max_shared_bytes(const mx::Stream& s) {
   return limits.emplace(ordinal, unsigned(bytes)).first->second;
 }
 
-cp::KernelDType kernel_dtype(const mx::array& a) {
-  switch (a.dtype()) {
-    case mx::float32: return cp::KernelDType::float32;
-    case mx::float16: return cp::KernelDType::float16;
-    case mx::bfloat16: return cp::KernelDType::bfloat16;
-    default: throw std::invalid_argument("fusedconv: unsupported dtype reached a CUDA kernel");
-  }
-}
-
 void launch(const mx::Stream& s, const cp::KernelPlan& k, const std::vector<mx::array>& inputs,
             std::vector<mx::array> outputs, const std::vector<mx::fast::ScalarArg>& scalars) {
   std::vector<mx::Shape> shapes;

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "metal/tiles.h"
+#include "kernel_dtype.h"
 #include "params.h"
 
 namespace fusedconv::metal_plan {
@@ -69,18 +70,9 @@ constexpr ConvTile kConvTileWide{2, 2, 2, 2};
 // Few output channels (conv_out has O = 3): 32 pixels x 8 channels, no wasted columns.
 constexpr ConvTile kConvTileNarrow{4, 1, 1, 1};
 
-enum class KernelDType { float32, float16, bfloat16 };
-
-inline const char* dtype_name(KernelDType dt) {
-  switch (dt) {
-    case KernelDType::float32: return "float32";
-    case KernelDType::float16: return "float16";
-    case KernelDType::bfloat16: return "bfloat16";
-  }
-  return "";
-}
-
-inline size_t dtype_size(KernelDType dt) { return dt == KernelDType::float32 ? 4 : 2; }
+using fusedconv::dtype_name;
+using fusedconv::dtype_size;
+using fusedconv::KernelDType;
 
 // Threadgroup memory of a tile, in the input dtype: halo [3][TM+2][BK] + weights
 // [TN][9][BK], reused by the shortcut pass as A [TM][BK] + B [TN][BK].

@@ -31,15 +31,6 @@ const std::string& library_dir() {
   return dir;
 }
 
-mp::KernelDType kernel_dtype(const mx::array& a) {
-  switch (a.dtype()) {
-    case mx::float32: return mp::KernelDType::float32;
-    case mx::float16: return mp::KernelDType::float16;
-    case mx::bfloat16: return mp::KernelDType::bfloat16;
-    default: throw std::invalid_argument("fusedconv: unsupported dtype reached a Metal kernel");
-  }
-}
-
 mx::metal::CommandEncoder& begin(const mx::Stream& s, const mp::KernelPlan& plan) {
   auto& d = mx::metal::device(s.device);
   auto* lib = d.get_library("fusedconv", library_dir());

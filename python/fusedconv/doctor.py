@@ -1,5 +1,6 @@
 """`fusedconv doctor`: what a user pastes into a bug report. Versions, the CPU kernel
-build, the Metal device and metallib, each kernel variant run once per dtype with parity
+build, the Metal device and metallib or the CUDA kernels (the CUDA side has not run on a GPU
+through this command yet), each kernel variant run once per dtype with parity
 against a trusted result (GPU kernels against the CPU backend; the CPU backend against
 the mlx.nn composition), and the fused conv timed against mx.conv2d alone."""
 
@@ -110,14 +111,19 @@ def _timing(device) -> dict:
 
 
 def report() -> dict:
-    gpu = bool(_build_info.MLX_METAL and mx.metal.is_available())
+    built_with_cuda = bool(getattr(_build_info, "MLX_CUDA", False))
+    cuda = built_with_cuda and mx.cuda.is_available()
+    gpu = bool(_build_info.MLX_METAL and mx.metal.is_available()) or cuda
     metallib = Path(ext.__file__).with_name("fusedconv.metallib")
+    cuda_dir = Path(ext.__file__).with_name("cuda")
     info = {
         "fusedconv": __version__, "mlx": mx.__version__, "python": sys.version.split()[0],
         "platform": platform.platform(), "machine": platform.machine(),
         "built_with_metal": bool(_build_info.MLX_METAL), "metal_available": mx.metal.is_available(),
         "metal_device": mx.metal.device_info() if mx.metal.is_available() else None,
         "metallib": str(metallib) if metallib.exists() else None,
+        "built_with_cuda": built_with_cuda, "cuda_available": cuda,
+        "cuda_kernels": sorted(p.name for p in cuda_dir.iterdir()) if cuda_dir.is_dir() else None,
         "cpu_build": ext.cpu_isa(), "cpu_builds_available": ext.cpu_isas().split(","),
         "cpu_build_calibration_s": ext.cpu_isa_timings(),
         "default_device": str(mx.default_device()),
@@ -133,8 +139,10 @@ def main(json_path: str | None = None) -> int:
     timings = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in info["cpu_build_calibration_s"].items())
     print(f"  CPU kernel build: {info['cpu_build']} (available: {', '.join(info['cpu_builds_available'])}; "
           f"calibration conv: {timings})")
-    if not info["built_with_metal"]:
-        print("  Metal: not in this build (MLX without Metal); GPU checks skipped")
+    if info["built_with_cuda"]:
+        print(f"  CUDA: available={info['cuda_available']} kernels={info['cuda_kernels']}")
+    elif not info["built_with_metal"]:
+        print("  GPU: not in this build (MLX without Metal or CUDA); GPU checks skipped")
     else:
         print(f"  Metal: available={info['metal_available']} metallib={info['metallib']}")
         if info["metal_device"]:
