@@ -67,7 +67,8 @@ def test_tensor_core_kernel_keeps_its_accumulators_in_registers(cubins, plan_pri
                                    check=True).stdout.split("\n")[0].split()[1])
     for arch in (a for a in default_architectures() if SHARED_LIMIT[a] >= mma_bytes):
         report = cubins[("conv3x3", arch)][1]
-        for kernel in ("fc_conv3x3_mma_bfloat16", "fc_conv3x3_mma_float16"):
+        for kernel in (f"fc_conv3x3_mma_{dt}_{prologue}" for dt in ("bfloat16", "float16")
+                       for prologue in ("act", "copy")):
             block = report.split(f"Compiling entry function '{kernel}'")[1].split("Compiling entry")[0]
             assert "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" in block, (arch, block)
 
@@ -84,11 +85,15 @@ int main(int argc, char** argv) {
   const KernelDType dtypes[] = {KernelDType::float32, KernelDType::float16, KernelDType::bfloat16};
   for (KernelDType dt : dtypes) {
     for (int o : {1, 3, 8, 9, 128, 512}) {
-      for (int c : {3, 128, 1024, 1025}) {
-        Conv3x3Params p{2, 17, 45, c, 34, 90, o, 1, 0, 2, 1, 1, 0, 0, 0};
-        KernelPlan k = plan_conv3x3(p, dt, limit);
-        printf("%s %s %u %u %u %u\n", k.module.c_str(), k.name.c_str(), k.blocks_x, k.blocks_y, k.threads,
-               k.shared_bytes);
+      for (int c : {3, 12, 128, 1024, 1025}) {
+        for (int silu : {0, 1}) {
+          for (bool aligned : {false, true}) {
+            Conv3x3Params p{2, 17, 45, c, 34, 90, o, silu, 0, 2, silu, 1, 0, 0, 0};
+            KernelPlan k = plan_conv3x3(p, dt, limit, aligned);
+            printf("%s %s %u %u %u %u conv c=%d o=%d silu=%d aligned=%d\n", k.module.c_str(), k.name.c_str(),
+                   k.blocks_x, k.blocks_y, k.threads, k.shared_bytes, c, o, silu, int(aligned));
+          }
+        }
       }
     }
     GroupNormStatsParams g{2, 96, 32, 1e-6f, 1000000};
@@ -121,7 +126,7 @@ def test_every_planned_kernel_exists_and_fits_the_architecture(cubins, plan_prin
     lines = subprocess.run([str(plan_printer), str(SHARED_LIMIT[arch])], capture_output=True, text=True,
                            check=True).stdout.split("\n")
     mma_bytes = int(lines[0].split()[1])
-    planned = {tuple(line.split()) for line in lines[1:] if line}
+    planned = {tuple(line.split()[:6]) for line in lines[1:] if line}
     names = set()
     for module, name, bx, by, threads, shared in planned:
         image = cubins[key(module)][0].read_bytes()
@@ -129,8 +134,17 @@ def test_every_planned_kernel_exists_and_fits_the_architecture(cubins, plan_prin
         assert int(shared) <= SHARED_LIMIT[arch], (arch, name, shared)
         assert int(bx) * int(threads) < 2**31 and int(by) <= 65535
         names.add(name)
-    # The tensor-core kernel where it fits, the CUDA-core kernel where it does not.
-    assert any("_mma_" in n for n in names) == (SHARED_LIMIT[arch] >= mma_bytes), (arch, sorted(names))
+    # The tensor-core kernels (with and without an activated input) where they fit, the
+    # CUDA-core kernel where they do not.
+    mma = {n for n in names if "_mma_" in n}
+    assert len(mma) == (4 if SHARED_LIMIT[arch] >= mma_bytes else 0), (arch, sorted(names))
+    # It copies 8-channel vectors: C % 8 != 0 or a misaligned x / w takes the CUDA-core kernel;
+    # without a norm or SiLU it copies the input as it is.
+    for line in (line for line in lines[1:] if " conv " in line):
+        name, conv = line.split()[1], dict(kv.split("=") for kv in line.split(" conv ")[1].split())
+        if "_mma_" in name:
+            assert int(conv["c"]) % 8 == 0 and conv["aligned"] == "1", line
+            assert name.endswith("_act" if conv["silu"] == "1" else "_copy"), line
 
 
 def mlx_cuda_package() -> Path:

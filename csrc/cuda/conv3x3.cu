@@ -15,6 +15,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "cuda/kernel_params.h"
 #include "cuda/tiles.h"
 
@@ -32,15 +34,22 @@ struct Elem<float> {
   __device__ static float load(float v) { return v; }
   __device__ static float store(float v) { return v; }
 };
+// 16-bit types also convert to and from their bits by intrinsic: with nvcc 13.0 a memcpy of
+// a bf16 pair into global memory became byte stores of F2I.U8.F16 conversions of the
+// values (seen in the SASS; wrong low bytes on the H200), where the bits were meant.
 template <>
 struct Elem<__nv_bfloat16> {
   __device__ static float load(__nv_bfloat16 v) { return __bfloat162float(v); }
   __device__ static __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
+  __device__ static float from_bits(uint16_t b) { return load(__ushort_as_bfloat16(b)); }
+  __device__ static uint16_t to_bits(float v) { return __bfloat16_as_ushort(store(v)); }
 };
 template <>
 struct Elem<__half> {
   __device__ static float load(__half v) { return __half2float(v); }
   __device__ static __half store(float v) { return __float2half_rn(v); }
+  __device__ static float from_bits(uint16_t b) { return load(__ushort_as_half(b)); }
+  __device__ static uint16_t to_bits(float v) { return __half_as_ushort(store(v)); }
 };
 
 // The per-channel affine of the input's norm for channel c of image n: the staged value
@@ -93,10 +102,12 @@ __device__ void store_output(const Conv3x3Params& p, T* out, const T* bias, cons
 
 __device__ inline uint32_t smem_address(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
 
-__device__ inline void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+// row: this lane's row as a shared-space address (base + constant offsets fold into the
+// instruction, where generic pointers would each take a register across the taps).
+__device__ inline void ldmatrix_x4(uint32_t (&r)[4], uint32_t row) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_address(row)));
+               : "r"(row));
 }
 
 template <typename T>
@@ -119,12 +130,6 @@ __device__ inline void mma_16816<__half>(float (&d)[4], const uint32_t (&a)[4], 
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
-
-// Eight consecutive elements: one 16-byte load or store.
-template <typename T>
-struct alignas(16) Vec8 {
-  T v[8];
-};
 
 // Which block of the grid this is (grids are 2-D only to stay within gridDim.x's range).
 __device__ inline i64 linear_block() { return i64(blockIdx.y) * gridDim.x + blockIdx.x; }
@@ -152,114 +157,151 @@ __device__ inline bool tile_of_block(const Conv3x3Params& p, int tn, Tile& t) {
 __device__ inline void cp_async16(void* smem, const void* global, bool valid) {
   // src-size 0 zero-fills the 16 bytes (an output channel past O).
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(smem)), "l"(global),
-               "r"(valid ? 16 : 0));
+               "r"(valid ? 16 : 0)
+               : "memory");
 }
-__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ inline void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
+__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// The "memory" clobbers keep the compiler from moving ordinary shared-memory accesses
+// across the copies: the activation reads what cp.async wrote right after the wait.
+template <int PENDING>
+__device__ inline void cp_async_wait_group() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
+}
+__device__ inline void cp_async_wait_all() { cp_async_wait_group<0>(); }
 
 template <typename T>
 __device__ inline float silu(float a) {
   return __fdividef(a, 1.0f + __expf(-a));
 }
 
-// The 8-channel input vectors of one chunk's halo that one thread stages, held in
-// registers between their global load and their activation.
 // A channel's norm as one FMA on the (pixel-scaled) input: the mean folded into the
 // shift. (16-bit inputs only: their rounding dwarfs the f32 cancellation this allows.)
-struct ChannelAffine {
-  float scale, shift;
+// Held as two arrays in shared memory, zero past C (so padded channels activate to 0).
+struct NormTable {
+  float* scale;
+  float* shift;
 };
 
-template <typename T, int N>
-struct HaloPrefetch {
-  Vec8<T> raw[N];
-  float pixel_stat[N];  // the per-pixel norm's statistic (1 without it)
-  bool inside[N];       // the pixel lies in the image (else the zero padding)
+// Eight 16-bit elements in a register quad: the unit a thread moves through the halo.
+union Raw8 {
+  uint4 bits;
+  uint16_t h[8];
 };
 
+// The halo staging of one thread: which 8-channel vectors of the (rows + 2) x (cols + 2)
+// input patch it moves. The pixels are fixed for the whole K loop (a chunk only moves the
+// channel offset), so their addresses, the zero padding and the per-pixel norm statistic
+// are worked out once; each vector is a cp.async (C % 8 == 0, x 16-byte aligned).
+// A chunk's raw input lands in a staging buffer [HR * HC][BK] that only the thread that
+// copied a vector reads back (to activate it into a halo buffer); without a norm or SiLU
+// it goes to the halo buffer directly.
 template <typename T, int TR, int TC, int BK, int NT>
 struct MmaHalo {
-  static constexpr int HR = TR + 2, HC = TC + 2, VECS = HR * HC * (BK / 8);
+  static constexpr int HR = TR + 2, HC = TC + 2, PIXELS = HR * HC, VECS = PIXELS * (BK / 8);
   static constexpr int PER_THREAD = (VECS + NT - 1) / NT;
+  static_assert(NT % (BK / 8) == 0, "a thread's vectors share one channel offset");
 
-  __device__ static void load(const Conv3x3Params& p, const T* x, const float* stats, const Tile& t, int c0,
-                              bool x_vec, HaloPrefetch<T, PER_THREAD>& pf) {
+  // The pixel's first vector at channel k8 of chunk 0, in 8-element vectors from the
+  // image's start (C % 8 == 0), or kPadding outside the image: 32 bits where a pointer
+  // would take two registers, for images of up to 2^35 elements.
+  static constexpr uint32_t kPadding = 0xffffffffu;
+  const T* image;
+  uint32_t vec[PER_THREAD];
+  int k8;  // this thread's channel offset within a chunk
+
+  // Pixel hp of vector i; only the last pass can run past the halo.
+  __device__ static int pixel(int i) { return (threadIdx.x + i * NT) / (BK / 8); }
+  __device__ static bool in_halo(int i) { return (i + 1) * NT <= VECS || pixel(i) < PIXELS; }
+
+  // pixel_stats: the per-pixel norm's statistic of each halo pixel (1 without it), in
+  // shared memory, complete after the next barrier.
+  __device__ void init(const Conv3x3Params& p, const T* x, const float* stats, const Tile& t, float* pixel_stats) {
+    k8 = (threadIdx.x % (BK / 8)) * 8;
+    image = x + i64(t.n) * p.h * p.w * p.c;
 #pragma unroll
     for (int i = 0; i < PER_THREAD; ++i) {
-      const int u = threadIdx.x + i * NT;
-      const int k8 = (u % (BK / 8)) * 8, hp = u / (BK / 8);
-      const int yy = t.y0 + hp / HC - 1, xx = t.x0 + hp % HC - 1;
-      pf.inside[i] = u < VECS && yy >= 0 && yy < p.ho && xx >= 0 && xx < p.wo;
-      pf.pixel_stat[i] = 1.0f;
-      if (!pf.inside[i]) continue;
-      const i64 pix = (i64(t.n) * p.h + yy / p.upsample) * p.w + xx / p.upsample;
-      if (p.pixel_norm) pf.pixel_stat[i] = stats[pix];
-      const T* src = x + pix * p.c + c0 + k8;
-      if (x_vec && c0 + k8 < p.c) {
-        pf.raw[i] = *reinterpret_cast<const Vec8<T>*>(src);
-      } else {
-#pragma unroll
-        for (int k = 0; k < 8; ++k) pf.raw[i].v[k] = c0 + k8 + k < p.c ? src[k] : Elem<T>::store(0.0f);
-      }
+      const int hp = pixel(i), yy = t.y0 + hp / HC - 1, xx = t.x0 + hp % HC - 1;
+      const bool inside = in_halo(i) && yy >= 0 && yy < p.ho && xx >= 0 && xx < p.wo;
+      const i64 pix = i64(yy / p.upsample) * p.w + xx / p.upsample;
+      vec[i] = inside ? uint32_t((pix * p.c + k8) / 8) : kPadding;
+      if (k8 == 0 && in_halo(i)) pixel_stats[hp] = inside && p.pixel_norm ? stats[i64(t.n) * p.h * p.w + pix] : 1.0f;
     }
   }
 
-  __device__ static void store(const Conv3x3Params& p, const ChannelAffine* affine, int c0,
-                               const HaloPrefetch<T, PER_THREAD>& pf, T* halo) {
+  // Chunk c0's raw input, zeros outside the image, past C and where `live` is false, into
+  // dst: the staging buffer (row stride BK) or a halo buffer (row stride LDS).
+  template <int DST_STRIDE>
+  __device__ void copy(const Conv3x3Params& p, const T* x, int c0, bool live, T* dst) const {
 #pragma unroll
     for (int i = 0; i < PER_THREAD; ++i) {
-      const int u = threadIdx.x + i * NT;
-      if (u >= VECS) continue;
-      const int k8 = (u % (BK / 8)) * 8, hp = u / (BK / 8);
-      Vec8<T> v;
+      if (!in_halo(i)) continue;
+      const bool valid = live && vec[i] != kPadding && c0 + k8 < p.c;
+      cp_async16(dst + pixel(i) * DST_STRIDE + k8, valid ? image + i64(vec[i]) * 8 + c0 : x, valid);
+    }
+    cp_async_commit();
+  }
+
+  // Activates chunk c0 from the staging buffer (this thread's own vectors) into a halo
+  // buffer [HR][HC][LDS]: the norm as one FMA, SiLU, then the zero padding. (SiLU is
+  // computed and then selected: one instance of this loop keeps the registers in bounds;
+  // a norm without SiLU is rare.)
+  __device__ void activate(const Conv3x3Params& p, const NormTable& norm, const float* pixel_stats, int c0,
+                           const T* staged, T* halo) const {
+    float scale[8], shift[8];
+    *reinterpret_cast<float4*>(scale) = *reinterpret_cast<const float4*>(norm.scale + c0 + k8);
+    *reinterpret_cast<float4*>(scale + 4) = *reinterpret_cast<const float4*>(norm.scale + c0 + k8 + 4);
+    *reinterpret_cast<float4*>(shift) = *reinterpret_cast<const float4*>(norm.shift + c0 + k8);
+    *reinterpret_cast<float4*>(shift + 4) = *reinterpret_cast<const float4*>(norm.shift + c0 + k8 + 4);
+#pragma unroll
+    for (int i = 0; i < PER_THREAD; ++i) {
+      if (!in_halo(i)) continue;
+      Raw8 v;
+      v.bits = *reinterpret_cast<const uint4*>(staged + pixel(i) * BK + k8);
+      const float pixel_stat = pixel_stats[pixel(i)];
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
-        const int c = c0 + k8 + k;
-        float a = 0.0f;  // zero padding (and channels past C) apply to the activated input
-        if (pf.inside[i] && c < p.c) {
-          const ChannelAffine cn = affine[c];
-          a = fmaf(Elem<T>::load(pf.raw[i].v[k]), pf.pixel_stat[i] * cn.scale, cn.shift);
-          if (p.silu) a = silu<T>(a);
-        }
-        v.v[k] = Elem<T>::store(a);
+        float a = fmaf(Elem<T>::from_bits(v.h[k]), pixel_stat * scale[k], shift[k]);
+        a = p.silu ? silu<T>(a) : a;
+        v.h[k] = Elem<T>::to_bits(vec[i] != kPadding ? a : 0.0f);
       }
-      *reinterpret_cast<Vec8<T>*>(halo + hp * cp::kMmaRowStride + k8) = v;
+      *reinterpret_cast<uint4*>(halo + pixel(i) * cp::kMmaRowStride + k8) = v.bits;
     }
   }
 };
 
-// Weights of one chunk, [tap][TN][LDS], by cp.async when rows are 16-byte vectors.
+// Weights of chunk c0, [tap][TN][LDS], by cp.async (zero-filled past O or C, and when
+// `live` is false). Rows r = o_local * 9 + tap of the block's output channels are
+// contiguous in w ([O][3][3][C]).
 template <typename T, int TN, int BK, int NT>
-__device__ void stage_weights(const Conv3x3Params& p, const T* w, int o0, int c0, bool w_vec, T* wt) {
-  constexpr int LDS = cp::kMmaRowStride;
-  for (int u = threadIdx.x; u < 9 * TN * (BK / 8); u += NT) {
-    const int k8 = (u % (BK / 8)) * 8, r = u / (BK / 8);
-    const int tap = r % 9, nn = r / 9, o = o0 + nn;
-    T* dst = wt + (tap * TN + nn) * LDS + k8;
-    const T* src = w + (i64(o < p.o ? o : 0) * 9 + tap) * p.c + c0 + k8;
-    if (w_vec) {
-      cp_async16(dst, src, o < p.o && c0 + k8 < p.c);
-    } else {
-      Vec8<T> v;
+__device__ void stage_weights(const Conv3x3Params& p, const T* w, int o0, int c0, bool live, T* wt) {
+  constexpr int LDS = cp::kMmaRowStride, VECS = 9 * TN * (BK / 8), ROWS_PER_PASS = NT / (BK / 8);
+  static_assert(VECS % NT == 0, "every thread stages the same number of vectors");
+  const int k8 = (threadIdx.x % (BK / 8)) * 8, r0 = threadIdx.x / (BK / 8);
+  const int rows = (p.o - o0 < TN ? p.o - o0 : TN) * 9;
+  const bool channels = live && c0 + k8 < p.c;
+  const T* src = w + (i64(o0) * 9 + r0) * p.c + c0 + k8;  // row r0, then ROWS_PER_PASS rows a pass
+  const i64 pass_stride = i64(ROWS_PER_PASS) * p.c;
 #pragma unroll
-      for (int k = 0; k < 8; ++k) v.v[k] = (o < p.o && c0 + k8 + k < p.c) ? src[k] : Elem<T>::store(0.0f);
-      *reinterpret_cast<Vec8<T>*>(dst) = v;
-    }
+  for (int i = 0; i < VECS / NT; ++i, src += pass_stride) {
+    const int r = r0 + i * ROWS_PER_PASS, nn = r / 9, tap = r - nn * 9;
+    const bool valid = channels && r < rows;
+    cp_async16(wt + (tap * TN + nn) * LDS + k8, valid ? src : w, valid);
   }
   cp_async_commit();
 }
 
 // One k16 step of a warp's 64 x 64 tile: A fragments from four 16-row blocks (a[mi]: this
-// lane's ldmatrix row), B from 64 rows of a [n][LDS] tile (b: this lane's row of the first 16).
+// lane's ldmatrix row), B from 64 rows of a [n][LDS] tile (b: this lane's row of the first
+// 16); shared-space addresses.
 template <typename T>
-__device__ inline void warp_mma_k16(float (&acc)[4][8][4], const T* const (&a)[4], const T* b) {
+__device__ inline void warp_mma_k16(float (&acc)[4][8][4], const uint32_t (&a)[4], uint32_t b) {
   uint32_t af[4][4], bf[8][2];
 #pragma unroll
   for (int mi = 0; mi < 4; ++mi) ldmatrix_x4(af[mi], a[mi]);
 #pragma unroll
   for (int nj = 0; nj < 4; ++nj) {
     uint32_t r[4];
-    ldmatrix_x4(r, b + nj * 16 * cp::kMmaRowStride);
+    ldmatrix_x4(r, b + nj * 16 * cp::kMmaRowStride * sizeof(T));
     bf[2 * nj][0] = r[0];
     bf[2 * nj][1] = r[1];
     bf[2 * nj + 1][0] = r[2];
@@ -271,12 +313,16 @@ __device__ inline void warp_mma_k16(float (&acc)[4][8][4], const T* const (&a)[4
     for (int ni = 0; ni < 8; ++ni) mma_16816<T>(acc[mi][ni], af[mi], bf[ni]);
 }
 
-template <typename T>
-__device__ void conv3x3_mma(const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ stats,
-                            const T* __restrict__ gamma, const T* __restrict__ beta, const T* __restrict__ bias,
-                            const T* __restrict__ residual, const T* __restrict__ shortcut_x,
-                            const T* __restrict__ shortcut_w, const T* __restrict__ shortcut_bias, T* __restrict__ out,
-                            const Conv3x3Params& p) {
+__device__ inline bool aligned(const void* ptr, int bytes) { return (uintptr_t(ptr) & (bytes - 1)) == 0; }
+
+// The tensor-core conv (C % 8 == 0, x and w 16-byte aligned: every staged vector is one
+// cp.async), with ACT (a norm or SiLU to apply to the input) or without.
+template <typename T, bool ACT>
+__device__ void conv3x3_mma_body(const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ stats,
+                                 const T* __restrict__ gamma, const T* __restrict__ beta, const T* __restrict__ bias,
+                                 const T* __restrict__ residual, const T* __restrict__ shortcut_x,
+                                 const T* __restrict__ shortcut_w, const T* __restrict__ shortcut_bias,
+                                 T* __restrict__ out, const Conv3x3Params& p, const Tile& t) {
   constexpr int TR = cp::kTileRows, TC = cp::kTileCols, TM = TR * TC, TN = cp::kMmaTileN, BK = cp::kMmaBK;
   constexpr int LDS = cp::kMmaRowStride, NT = cp::kMmaThreads;
   typedef MmaHalo<T, TR, TC, BK, NT> Halo;
@@ -284,14 +330,16 @@ __device__ void conv3x3_mma(const T* __restrict__ x, const T* __restrict__ w, co
   static_assert(BK == 16, "one m16n8k16 step per tap and chunk");
   static_assert(TM == 256 && NT == 256, "8 warps of 64 x 64 cover the 256 x 128 tile");
   // Dynamic shared memory (sized by the plan): two halo buffers [HR][HC][LDS], two weight
-  // buffers [tap][TN][LDS], then the norm's affine per input channel.
+  // buffers [tap][TN][LDS], the norm's scale and shift per input channel, the staging
+  // buffer of a chunk's raw input, the halo pixels' per-pixel norm statistic.
   extern __shared__ __align__(16) unsigned char smem[];
   T* const halo_bufs = reinterpret_cast<T*>(smem);  // buffer b at + b * HALO_ELEMS
   T* const wt_bufs = halo_bufs + 2 * HALO_ELEMS;     // buffer b at + b * WT_ELEMS
-  ChannelAffine* affine = reinterpret_cast<ChannelAffine*>(wt_bufs + 2 * WT_ELEMS);
+  float* const norm_floats = reinterpret_cast<float*>(wt_bufs + 2 * WT_ELEMS);
+  const NormTable norm{norm_floats, norm_floats + cp::kMmaMaxNormChannels};
+  T* const staged = reinterpret_cast<T*>(norm_floats + 2 * cp::kMmaMaxNormChannels);  // [HR * HC][BK]
+  float* const pixel_stats = reinterpret_cast<float*>(staged + Halo::PIXELS * BK);     // [HR * HC]
 
-  Tile t;
-  if (!tile_of_block(p, TN, t)) return;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int wm = (warp % 4) * 64, wn = (warp / 4) * 64;  // this warp's 64 x 64 corner of the tile
   float acc[4][8][4];
@@ -302,50 +350,65 @@ __device__ void conv3x3_mma(const T* __restrict__ x, const T* __restrict__ w, co
 #pragma unroll
       for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.0f;
 
-  const bool x_vec = p.c % 8 == 0 && (uintptr_t(x) & 15) == 0;
-  const bool w_vec = p.c % 8 == 0 && (uintptr_t(w) & 15) == 0;
-  for (int c = tid; c < p.c; c += NT) {
-    const ChannelNorm cn = channel_norm(p, stats, gamma, beta, t.n, c);
-    affine[c] = ChannelAffine{cn.scale, cn.shift - cn.mean * cn.scale};
+  const int chunks = (p.c + BK - 1) / BK;
+  if (ACT) {
+    for (int c = tid; c < chunks * BK; c += NT) {
+      const ChannelNorm cn = channel_norm(p, stats, gamma, beta, t.n, c);
+      norm.scale[c] = c < p.c ? cn.scale : 0.0f;
+      norm.shift[c] = c < p.c ? cn.shift - cn.mean * cn.scale : 0.0f;
+    }
   }
 
-  // A: this lane's ldmatrix row of each 16-row fragment (tile pixel m -> (m / TC, m % TC)).
+  // A: this lane's ldmatrix row of each 16-row fragment mi (tile pixel m -> (m / TC, m % TC);
+  // a warp's 64 pixels are two tile rows, so fragment mi is row mi / 2, column 16 * (mi % 2)).
+  static_assert(TC == 32, "a warp's 64 pixels span two tile rows");
+  constexpr int ROW_BYTES = LDS * sizeof(T);
   const int a_k = (lane / 16) * 8;
-  int a_row[4];
-#pragma unroll
-  for (int mi = 0; mi < 4; ++mi) {
-    const int m = wm + mi * 16 + lane % 16;
-    a_row[mi] = (m / TC) * Halo::HC + m % TC;
-  }
+  const uint32_t a_lane = ((wm / TC) * Halo::HC + lane % 16) * ROW_BYTES + a_k * sizeof(T);
   // B: rows n of the [TN][LDS] weight tile, k halves by lane group.
   const int b_n = wn + (lane / 16) * 8 + lane % 8, b_k = ((lane / 8) % 2) * 8;
+  const uint32_t b_lane = b_n * ROW_BYTES + b_k * sizeof(T);
 
-  HaloPrefetch<T, Halo::PER_THREAD> pf;
-  const int chunks = (p.c + BK - 1) / BK;
-  stage_weights<T, TN, BK, NT>(p, w, t.o0, 0, w_vec, wt_bufs);
-  Halo::load(p, x, stats, t, 0, x_vec, pf);
-  __syncthreads();  // affine
-  Halo::store(p, affine, 0, pf, halo_bufs);
+  Halo halo_in;
+  halo_in.init(p, x, stats, t, pixel_stats);
+  // The first chunk: copied, then (after the norm table is complete) activated.
+  stage_weights<T, TN, BK, NT>(p, w, t.o0, 0, true, wt_bufs);
+  if (ACT) halo_in.template copy<BK>(p, x, 0, true, staged);
+  else halo_in.template copy<LDS>(p, x, 0, true, halo_bufs);
   cp_async_wait_all();
+  __syncthreads();
+  if (ACT) halo_in.activate(p, norm, pixel_stats, 0, staged, halo_bufs);
   __syncthreads();
 
   for (int chunk = 0; chunk < chunks; ++chunk) {
     const int cur = chunk % 2, c_next = (chunk + 1) * BK;
     const bool more = chunk + 1 < chunks;
-    if (more) {
-      stage_weights<T, TN, BK, NT>(p, w, t.o0, c_next, w_vec, wt_bufs + (1 - cur) * WT_ELEMS);
-      Halo::load(p, x, stats, t, c_next, x_vec, pf);
-    }
-    const T* halo = halo_bufs + cur * HALO_ELEMS;
-    const T* wt = wt_bufs + cur * WT_ELEMS;
+    T* const halo_next = halo_bufs + (1 - cur) * HALO_ELEMS;
+    // The next chunk's input and weights are copied while the tensor cores work on this
+    // one (the input first: its group is the one waited for halfway); on the last chunk
+    // the spare buffers receive zeros.
+    if (ACT) halo_in.template copy<BK>(p, x, c_next, more, staged);
+    else halo_in.template copy<LDS>(p, x, c_next, more, halo_next);
+    stage_weights<T, TN, BK, NT>(p, w, t.o0, c_next, more, wt_bufs + (1 - cur) * WT_ELEMS);
+    const uint32_t halo = smem_address(halo_bufs + cur * HALO_ELEMS) + a_lane;
+    const uint32_t wt = smem_address(wt_bufs + cur * WT_ELEMS) + b_lane;
+    const auto taps = [&](auto first, auto last) {
 #pragma unroll
-    for (int tap = 0; tap < 9; ++tap) {
-      const int shift = (tap / 3) * Halo::HC + tap % 3;
-      const T* const a[4] = {halo + (a_row[0] + shift) * LDS + a_k, halo + (a_row[1] + shift) * LDS + a_k,
-                             halo + (a_row[2] + shift) * LDS + a_k, halo + (a_row[3] + shift) * LDS + a_k};
-      warp_mma_k16<T>(acc, a, wt + (tap * TN + b_n) * LDS + b_k);
+      for (int tap = decltype(first)::value; tap < decltype(last)::value; ++tap) {
+        const int shift = (tap / 3) * Halo::HC + tap % 3;
+        const uint32_t a[4] = {halo + shift * ROW_BYTES, halo + (shift + 16) * ROW_BYTES,
+                               halo + (shift + Halo::HC) * ROW_BYTES, halo + (shift + Halo::HC + 16) * ROW_BYTES};
+        warp_mma_k16<T>(acc, a, wt + tap * TN * ROW_BYTES);
+      }
+    };
+    taps(std::integral_constant<int, 0>(), std::integral_constant<int, 5>());
+    if (ACT) {
+      // Halfway through the taps the next input has landed: activating it here overlaps
+      // the SiLU with the tensor cores' queue.
+      cp_async_wait_group<1>();
+      halo_in.activate(p, norm, pixel_stats, more ? c_next : 0, staged, halo_next);
     }
-    if (more) Halo::store(p, affine, c_next, pf, halo_bufs + (1 - cur) * HALO_ELEMS);
+    taps(std::integral_constant<int, 5>(), std::integral_constant<int, 9>());
     cp_async_wait_all();
     __syncthreads();
   }
@@ -365,32 +428,96 @@ __device__ void conv3x3_mma(const T* __restrict__ x, const T* __restrict__ w, co
       bs[nn * LDS + k] = (c < p.shortcut_c && o < p.o) ? shortcut_w[i64(o) * p.shortcut_c + c] : Elem<T>::store(0.0f);
     }
     __syncthreads();
-    const int m = wm + lane % 16;
-    const T* const a[4] = {as + m * LDS + a_k, as + (m + 16) * LDS + a_k, as + (m + 32) * LDS + a_k,
-                           as + (m + 48) * LDS + a_k};
-    warp_mma_k16<T>(acc, a, bs + b_n * LDS + b_k);
+    const uint32_t a0 = smem_address(as) + (wm + lane % 16) * ROW_BYTES + a_k * sizeof(T);
+    const uint32_t a[4] = {a0, a0 + 16 * ROW_BYTES, a0 + 32 * ROW_BYTES, a0 + 48 * ROW_BYTES};
+    warp_mma_k16<T>(acc, a, smem_address(bs) + b_lane);
     __syncthreads();
   }
 
   // Epilogue from registers by the accumulator layout: lane holds rows lane / 4 (+ 8),
-  // columns 2 * (lane % 4) (+ 1) of each 16 x 8 fragment.
+  // columns 2 * (lane % 4) (+ 1) of each 16 x 8 fragment: channel pairs where O is even.
+  const bool pairs = p.o % 2 == 0 && aligned(out, 4) && (!p.has_residual || aligned(residual, 4)) &&
+                     (!p.has_bias || aligned(bias, 4)) && (!p.has_shortcut_bias || aligned(shortcut_bias, 4));
+  const auto pixel = [&](int mi, int half, i64& pix) {
+    const int m = wm + mi * 16 + lane / 4 + half * 8, yy = t.y0 + m / TC, xx = t.x0 + m % TC;
+    pix = (i64(t.n) * p.ho + yy) * p.wo + xx;
+    return yy < p.ho && xx < p.wo;
+  };
+  const auto channel = [&](int ni) { return t.o0 + wn + ni * 8 + (lane % 4) * 2; };
+  if (pairs) {
+    // Every addend is added before the first store: a load after a store would wait out the
+    // memory latency each time (the compiler must assume the store changed what it reads).
+    const auto word = [](const T* src, float& v0, float& v1) {
+      const uint32_t bits = *reinterpret_cast<const uint32_t*>(src);
+      v0 += Elem<T>::from_bits(uint16_t(bits & 0xffff));
+      v1 += Elem<T>::from_bits(uint16_t(bits >> 16));
+    };
+#pragma unroll
+    for (int ni = 0; ni < 8; ++ni) {
+      const int o = channel(ni);
+      float b0 = 0.0f, b1 = 0.0f;
+      if (o < p.o && p.has_bias) word(bias + o, b0, b1);
+      if (o < p.o && p.has_shortcut_bias) word(shortcut_bias + o, b0, b1);
+#pragma unroll
+      for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          acc[mi][ni][half * 2] += b0;
+          acc[mi][ni][half * 2 + 1] += b1;
+        }
+    }
+    if (p.has_residual) {
+#pragma unroll
+      for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          i64 pix;
+          if (!pixel(mi, half, pix)) continue;
+#pragma unroll
+          for (int ni = 0; ni < 8; ++ni)
+            if (channel(ni) < p.o) word(residual + pix * p.o + channel(ni), acc[mi][ni][half * 2], acc[mi][ni][half * 2 + 1]);
+        }
+    }
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        i64 pix;
+        if (!pixel(mi, half, pix)) continue;
+#pragma unroll
+        for (int ni = 0; ni < 8; ++ni) {
+          if (channel(ni) >= p.o) continue;
+          *reinterpret_cast<uint32_t*>(out + pix * p.o + channel(ni)) =
+              uint32_t(Elem<T>::to_bits(acc[mi][ni][half * 2])) | (uint32_t(Elem<T>::to_bits(acc[mi][ni][half * 2 + 1])) << 16);
+        }
+      }
+    return;
+  }
 #pragma unroll
   for (int mi = 0; mi < 4; ++mi) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int m = wm + mi * 16 + lane / 4 + half * 8, yy = t.y0 + m / TC, xx = t.x0 + m % TC;
-      if (yy >= p.ho || xx >= p.wo) continue;
-      const i64 pix = (i64(t.n) * p.ho + yy) * p.wo + xx;
+      i64 pix;
+      if (!pixel(mi, half, pix)) continue;
 #pragma unroll
       for (int ni = 0; ni < 8; ++ni) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int o = t.o0 + wn + ni * 8 + (lane % 4) * 2 + e;
-          if (o < p.o) store_output(p, out, bias, residual, shortcut_bias, pix, o, acc[mi][ni][half * 2 + e]);
-        }
+        const int o = channel(ni);
+        if (o < p.o) store_output(p, out, bias, residual, shortcut_bias, pix, o, acc[mi][ni][half * 2]);
+        if (o + 1 < p.o) store_output(p, out, bias, residual, shortcut_bias, pix, o + 1, acc[mi][ni][half * 2 + 1]);
       }
     }
   }
+}
+
+template <typename T, bool ACT>
+__device__ void conv3x3_mma(const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ stats,
+                            const T* __restrict__ gamma, const T* __restrict__ beta, const T* __restrict__ bias,
+                            const T* __restrict__ residual, const T* __restrict__ shortcut_x,
+                            const T* __restrict__ shortcut_w, const T* __restrict__ shortcut_bias, T* __restrict__ out,
+                            const Conv3x3Params& p) {
+  Tile t;
+  if (!tile_of_block(p, cp::kMmaTileN, t)) return;
+  conv3x3_mma_body<T, ACT>(x, w, stats, gamma, beta, bias, residual, shortcut_x, shortcut_w, shortcut_bias, out, p, t);
 }
 
 // ---- CUDA cores -------------------------------------------------------------------
@@ -487,8 +614,10 @@ __device__ void conv3x3_simt(const T* __restrict__ x, const T* __restrict__ w, c
 #define FC_MMA_BOUNDS (cp::kMmaThreads, 1)
 #define FC_SIMT_BOUNDS (cp::kSimtThreads)
 
-FC_CONV_KERNEL(fc_conv3x3_mma_bfloat16, __nv_bfloat16, conv3x3_mma<__nv_bfloat16>, FC_MMA_BOUNDS)
-FC_CONV_KERNEL(fc_conv3x3_mma_float16, __half, conv3x3_mma<__half>, FC_MMA_BOUNDS)
+FC_CONV_KERNEL(fc_conv3x3_mma_bfloat16_copy, __nv_bfloat16, (conv3x3_mma<__nv_bfloat16, false>), FC_MMA_BOUNDS)
+FC_CONV_KERNEL(fc_conv3x3_mma_bfloat16_act, __nv_bfloat16, (conv3x3_mma<__nv_bfloat16, true>), FC_MMA_BOUNDS)
+FC_CONV_KERNEL(fc_conv3x3_mma_float16_copy, __half, (conv3x3_mma<__half, false>), FC_MMA_BOUNDS)
+FC_CONV_KERNEL(fc_conv3x3_mma_float16_act, __half, (conv3x3_mma<__half, true>), FC_MMA_BOUNDS)
 FC_CONV_KERNEL(fc_conv3x3_simt_float32_32, float, (conv3x3_simt<float, cp::kSimtTileN>), FC_SIMT_BOUNDS)
 FC_CONV_KERNEL(fc_conv3x3_simt_float32_8, float, (conv3x3_simt<float, cp::kSimtNarrowN>), FC_SIMT_BOUNDS)
 FC_CONV_KERNEL(fc_conv3x3_simt_float16_32, __half, (conv3x3_simt<__half, cp::kSimtTileN>), FC_SIMT_BOUNDS)

@@ -41,20 +41,25 @@ inline long long conv_tiles(const Conv3x3Params& p, int tile_n) {
 }
 
 // The tensor-core kernel's shared memory: two halo and two weight buffers in the input
-// dtype, and the norm's affine (2 floats) per input channel. Always the size for
-// kMmaMaxNormChannels: MLX raises a kernel's dynamic shared-memory limit once, at its
-// first launch.
+// dtype, the norm's affine (2 floats) per input channel, the staging buffer of one
+// chunk's raw input and a float per halo pixel. Always the size for kMmaMaxNormChannels:
+// MLX raises a kernel's dynamic shared-memory limit once, at its first launch.
 inline unsigned mma_shared_bytes() {
-  const int halo = (kTileRows + 2) * (kTileCols + 2) * kMmaRowStride;
+  const int halo_pixels = (kTileRows + 2) * (kTileCols + 2);
   const int weights = 9 * kMmaTileN * kMmaRowStride;
-  return unsigned(2 * (halo + weights) * 2 + kMmaMaxNormChannels * 2 * 4);
+  return unsigned(2 * (halo_pixels * kMmaRowStride + weights) * 2 + kMmaMaxNormChannels * 2 * 4 +
+                  halo_pixels * kMmaBK * 2 + halo_pixels * 4);
 }
 
-// max_shared_bytes: the most dynamic shared memory the device lets one block opt into.
-inline KernelPlan plan_conv3x3(const Conv3x3Params& p, KernelDType dt, unsigned max_shared_bytes) {
+// max_shared_bytes: the most dynamic shared memory the device lets one block opt into;
+// aligned: x and the weights start on 16 bytes (the tensor-core kernel copies 8-channel
+// vectors, so it also needs C % 8 == 0).
+inline KernelPlan plan_conv3x3(const Conv3x3Params& p, KernelDType dt, unsigned max_shared_bytes, bool aligned) {
   KernelPlan k;
   k.module = "conv3x3";
-  const bool mma = dt != KernelDType::float32 && p.o > kSimtNarrowN && p.c <= kMmaMaxNormChannels &&
+  // It also addresses an image's input in 32-bit counts of 8-element vectors.
+  const bool vectors = p.c % 8 == 0 && aligned && (long long)p.h * p.w * (p.c / 8) < 0xffffffffll;
+  const bool mma = dt != KernelDType::float32 && p.o > kSimtNarrowN && p.c <= kMmaMaxNormChannels && vectors &&
                    mma_shared_bytes() <= max_shared_bytes;
   if (!mma) {
     // f32 at full precision; few output channels would leave a tensor-core tile empty.
@@ -63,7 +68,9 @@ inline KernelPlan plan_conv3x3(const Conv3x3Params& p, KernelDType dt, unsigned 
     set_grid(k, conv_tiles(p, tn), kSimtThreads);
     return k;
   }
-  k.name = std::string("fc_conv3x3_mma_") + dtype_name(dt);
+  // Without a norm or SiLU the input is copied into the halo as it is.
+  const bool activate = p.groups > 0 || p.pixel_norm || p.silu;
+  k.name = std::string("fc_conv3x3_mma_") + dtype_name(dt) + (activate ? "_act" : "_copy");
   set_grid(k, conv_tiles(p, kMmaTileN), kMmaThreads);
   k.shared_bytes = mma_shared_bytes();
   return k;

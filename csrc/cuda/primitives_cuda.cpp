@@ -20,6 +20,7 @@
 #include "cuda/kernel_params.h"
 #include "cuda/plan.h"
 #include "mlx/backend/cuda/device.h"
+#include "mlx/backend/cuda/utils.h"
 #include "mlx/fast.h"
 #include "primitives.h"
 
@@ -150,7 +151,11 @@ void FusedConv3x3::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out
 #define FC_SCALAR(f) scalars.push_back(p.f);
   FC_CONV3X3_FIELDS(FC_SCALAR)
 #undef FC_SCALAR
-  launch(stream(), cp::plan_conv3x3(p, kernel_dtype(out), max_shared_bytes(stream())), bound, {out}, scalars);
+  // The device address (array::data() would copy the buffer to the host).
+  const auto aligned = [](const mx::array& a) { return reinterpret_cast<uintptr_t>(mx::gpu_ptr<void>(a)) % 16 == 0; };
+  const bool vectors = aligned(inputs[slot.x]) && aligned(inputs[slot.weight]);
+  launch(stream(), cp::plan_conv3x3(p, kernel_dtype(out), max_shared_bytes(stream()), vectors), bound, {out},
+         scalars);
 }
 
 void Linear::eval_gpu(const std::vector<mx::array>&, mx::array&) { unreachable(name()); }

@@ -11,12 +11,13 @@ constexpr int kTileCols = 32;
 
 // On tensor cores (bf16/fp16): a block of 8 warps (4 x 2, each 64 pixels x 64 channels)
 // computes the 256-pixel tile x kMmaTileN output channels, staging kMmaBK input channels
-// at a time, double-buffered (the next chunk's weights by cp.async and its input in
-// registers while the tensor cores work on this one). Rows of the staged tiles are
-// kMmaBK + 8 elements (48 bytes): the 8 row addresses of an ldmatrix phase fall on
-// disjoint banks. The norm's per-channel affine for all C channels sits in shared memory
-// (kMmaMaxNormChannels at most). 147 KiB in all: GPUs that allow a block less (sm_86/89/120:
-// 99 KiB) or wider inputs take the CUDA-core kernel.
+// at a time, double-buffered (the next chunk's weights and raw input by cp.async while the
+// tensor cores work on this one; the input is activated into the spare halo buffer
+// halfway through the taps). Rows of the staged tiles are kMmaBK + 8 elements (48 bytes):
+// the 8 row addresses of an ldmatrix phase fall on disjoint banks. The norm's per-channel
+// affine for all C channels sits in shared memory (kMmaMaxNormChannels at most). 158.5 KiB
+// in all: GPUs that allow a block less (sm_86/89/120: 99 KiB) or wider inputs take the
+// CUDA-core kernel.
 constexpr int kMmaThreads = 256;
 constexpr int kMmaTileN = 128;
 constexpr int kMmaBK = 16;
