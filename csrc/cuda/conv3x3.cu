@@ -438,75 +438,52 @@ __device__ void conv3x3_mma_body(const T* __restrict__ x, const T* __restrict__ 
   // columns 2 * (lane % 4) (+ 1) of each 16 x 8 fragment: channel pairs where O is even.
   const bool pairs = p.o % 2 == 0 && aligned(out, 4) && (!p.has_residual || aligned(residual, 4)) &&
                      (!p.has_bias || aligned(bias, 4)) && (!p.has_shortcut_bias || aligned(shortcut_bias, 4));
-  const auto pixel = [&](int mi, int half, i64& pix) {
-    const int m = wm + mi * 16 + lane / 4 + half * 8, yy = t.y0 + m / TC, xx = t.x0 + m % TC;
-    pix = (i64(t.n) * p.ho + yy) * p.wo + xx;
-    return yy < p.ho && xx < p.wo;
-  };
-  const auto channel = [&](int ni) { return t.o0 + wn + ni * 8 + (lane % 4) * 2; };
-  if (pairs) {
-    // Every addend is added before the first store: a load after a store would wait out the
-    // memory latency each time (the compiler must assume the store changed what it reads).
-    const auto word = [](const T* src, float& v0, float& v1) {
-      const uint32_t bits = *reinterpret_cast<const uint32_t*>(src);
-      v0 += Elem<T>::from_bits(uint16_t(bits & 0xffff));
-      v1 += Elem<T>::from_bits(uint16_t(bits >> 16));
-    };
-#pragma unroll
-    for (int ni = 0; ni < 8; ++ni) {
-      const int o = channel(ni);
-      float b0 = 0.0f, b1 = 0.0f;
-      if (o < p.o && p.has_bias) word(bias + o, b0, b1);
-      if (o < p.o && p.has_shortcut_bias) word(shortcut_bias + o, b0, b1);
-#pragma unroll
-      for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          acc[mi][ni][half * 2] += b0;
-          acc[mi][ni][half * 2 + 1] += b1;
-        }
-    }
-    if (p.has_residual) {
-#pragma unroll
-      for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          i64 pix;
-          if (!pixel(mi, half, pix)) continue;
-#pragma unroll
-          for (int ni = 0; ni < 8; ++ni)
-            if (channel(ni) < p.o) word(residual + pix * p.o + channel(ni), acc[mi][ni][half * 2], acc[mi][ni][half * 2 + 1]);
-        }
-    }
+  // f(pix, ni, o, v0, v1) for each channel pair of this lane inside the image and below O.
+  const auto for_each_pair = [&](auto f) {
 #pragma unroll
     for (int mi = 0; mi < 4; ++mi)
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        i64 pix;
-        if (!pixel(mi, half, pix)) continue;
+        const int m = wm + mi * 16 + lane / 4 + half * 8, yy = t.y0 + m / TC, xx = t.x0 + m % TC;
+        if (yy >= p.ho || xx >= p.wo) continue;
+        const i64 pix = (i64(t.n) * p.ho + yy) * p.wo + xx;
 #pragma unroll
         for (int ni = 0; ni < 8; ++ni) {
-          if (channel(ni) >= p.o) continue;
-          *reinterpret_cast<uint32_t*>(out + pix * p.o + channel(ni)) =
-              uint32_t(Elem<T>::to_bits(acc[mi][ni][half * 2])) | (uint32_t(Elem<T>::to_bits(acc[mi][ni][half * 2 + 1])) << 16);
+          const int o = t.o0 + wn + ni * 8 + (lane % 4) * 2;
+          if (o < p.o) f(pix, ni, o, acc[mi][ni][half * 2], acc[mi][ni][half * 2 + 1]);
         }
       }
+  };
+  if (!pairs) {
+    for_each_pair([&](i64 pix, int, int o, float v0, float v1) {
+      store_output(p, out, bias, residual, shortcut_bias, pix, o, v0);
+      if (o + 1 < p.o) store_output(p, out, bias, residual, shortcut_bias, pix, o + 1, v1);
+    });
     return;
   }
+  // Every addend is added before the first store: a load after a store would wait out the
+  // memory latency each time (the compiler must assume the store changed what it reads).
+  const auto add_word = [](const T* src, float& v0, float& v1) {
+    const uint32_t bits = *reinterpret_cast<const uint32_t*>(src);
+    v0 += Elem<T>::from_bits(uint16_t(bits & 0xffff));
+    v1 += Elem<T>::from_bits(uint16_t(bits >> 16));
+  };
+  float bias_pair[8][2] = {};  // bias + shortcut bias of this lane's channel pairs
 #pragma unroll
-  for (int mi = 0; mi < 4; ++mi) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      i64 pix;
-      if (!pixel(mi, half, pix)) continue;
-#pragma unroll
-      for (int ni = 0; ni < 8; ++ni) {
-        const int o = channel(ni);
-        if (o < p.o) store_output(p, out, bias, residual, shortcut_bias, pix, o, acc[mi][ni][half * 2]);
-        if (o + 1 < p.o) store_output(p, out, bias, residual, shortcut_bias, pix, o + 1, acc[mi][ni][half * 2 + 1]);
-      }
-    }
+  for (int ni = 0; ni < 8; ++ni) {
+    const int o = t.o0 + wn + ni * 8 + (lane % 4) * 2;
+    if (o < p.o && p.has_bias) add_word(bias + o, bias_pair[ni][0], bias_pair[ni][1]);
+    if (o < p.o && p.has_shortcut_bias) add_word(shortcut_bias + o, bias_pair[ni][0], bias_pair[ni][1]);
   }
+  for_each_pair([&](i64 pix, int ni, int o, float& v0, float& v1) {
+    v0 += bias_pair[ni][0];
+    v1 += bias_pair[ni][1];
+    if (p.has_residual) add_word(residual + pix * p.o + o, v0, v1);
+  });
+  for_each_pair([&](i64 pix, int, int o, float v0, float v1) {
+    *reinterpret_cast<uint32_t*>(out + pix * p.o + o) =
+        uint32_t(Elem<T>::to_bits(v0)) | (uint32_t(Elem<T>::to_bits(v1)) << 16);
+  });
 }
 
 template <typename T, bool ACT>
