@@ -5,12 +5,14 @@
 //
 // Two kernels, each instantiated by name (extern "C", loaded by MLX's
 // precompiled_cuda_kernel from this file's cubin):
-// - fc_conv3x3_mma_<dtype> (bf16/fp16): 8 warps on mma.sync m16n8k16 tensor
-//   cores, f32 accumulation; the staged halo rows are the A operand of all 9 taps (each
-//   tap is the same tile shifted by (ky, kx)), loaded with ldmatrix;
+// - fc_conv3x3_mma_<dtype>_<act|copy> (bf16/fp16, C % 8 == 0, aligned x and w): 8 warps on
+//   mma.sync m16n8k16 tensor cores, f32 accumulation; the staged halo rows are the A
+//   operand of all 9 taps (each tap is the same tile shifted by (ky, kx)), loaded with
+//   ldmatrix; `_act` activates the input (norm, SiLU), `_copy` takes it as it is;
 // - fc_conv3x3_simt_<dtype>_<TN> (float32 at full precision; O <= 8 such as conv_out's
-//   3 channels, where a tensor-core tile would be mostly empty; GPUs whose blocks cannot
-//   have the tensor-core kernel's shared memory): f32 FMA.
+//   3 channels, where a tensor-core tile would be mostly empty; inputs the tensor-core
+//   kernel cannot copy as 16-byte vectors; GPUs whose blocks cannot have its shared
+//   memory): f32 FMA.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -318,11 +320,11 @@ __device__ inline bool aligned(const void* ptr, int bytes) { return (uintptr_t(p
 // The tensor-core conv (C % 8 == 0, x and w 16-byte aligned: every staged vector is one
 // cp.async), with ACT (a norm or SiLU to apply to the input) or without.
 template <typename T, bool ACT>
-__device__ void conv3x3_mma_body(const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ stats,
-                                 const T* __restrict__ gamma, const T* __restrict__ beta, const T* __restrict__ bias,
-                                 const T* __restrict__ residual, const T* __restrict__ shortcut_x,
-                                 const T* __restrict__ shortcut_w, const T* __restrict__ shortcut_bias,
-                                 T* __restrict__ out, const Conv3x3Params& p, const Tile& t) {
+__device__ void conv3x3_mma(const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ stats,
+                            const T* __restrict__ gamma, const T* __restrict__ beta, const T* __restrict__ bias,
+                            const T* __restrict__ residual, const T* __restrict__ shortcut_x,
+                            const T* __restrict__ shortcut_w, const T* __restrict__ shortcut_bias, T* __restrict__ out,
+                            const Conv3x3Params& p) {
   constexpr int TR = cp::kTileRows, TC = cp::kTileCols, TM = TR * TC, TN = cp::kMmaTileN, BK = cp::kMmaBK;
   constexpr int LDS = cp::kMmaRowStride, NT = cp::kMmaThreads;
   typedef MmaHalo<T, TR, TC, BK, NT> Halo;
@@ -340,6 +342,8 @@ __device__ void conv3x3_mma_body(const T* __restrict__ x, const T* __restrict__ 
   T* const staged = reinterpret_cast<T*>(norm_floats + 2 * cp::kMmaMaxNormChannels);  // [HR * HC][BK]
   float* const pixel_stats = reinterpret_cast<float*>(staged + Halo::PIXELS * BK);     // [HR * HC]
 
+  Tile t;
+  if (!tile_of_block(p, TN, t)) return;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int wm = (warp % 4) * 64, wn = (warp / 4) * 64;  // this warp's 64 x 64 corner of the tile
   float acc[4][8][4];
@@ -438,6 +442,7 @@ __device__ void conv3x3_mma_body(const T* __restrict__ x, const T* __restrict__ 
   // columns 2 * (lane % 4) (+ 1) of each 16 x 8 fragment: channel pairs where O is even.
   const bool pairs = p.o % 2 == 0 && aligned(out, 4) && (!p.has_residual || aligned(residual, 4)) &&
                      (!p.has_bias || aligned(bias, 4)) && (!p.has_shortcut_bias || aligned(shortcut_bias, 4));
+  const auto channel = [&](int ni) { return t.o0 + wn + ni * 8 + (lane % 4) * 2; };  // of pair ni
   // f(pix, ni, o, v0, v1) for each channel pair of this lane inside the image and below O.
   const auto for_each_pair = [&](auto f) {
 #pragma unroll
@@ -449,8 +454,7 @@ __device__ void conv3x3_mma_body(const T* __restrict__ x, const T* __restrict__ 
         const i64 pix = (i64(t.n) * p.ho + yy) * p.wo + xx;
 #pragma unroll
         for (int ni = 0; ni < 8; ++ni) {
-          const int o = t.o0 + wn + ni * 8 + (lane % 4) * 2;
-          if (o < p.o) f(pix, ni, o, acc[mi][ni][half * 2], acc[mi][ni][half * 2 + 1]);
+          if (channel(ni) < p.o) f(pix, ni, channel(ni), acc[mi][ni][half * 2], acc[mi][ni][half * 2 + 1]);
         }
       }
   };
@@ -471,7 +475,7 @@ __device__ void conv3x3_mma_body(const T* __restrict__ x, const T* __restrict__ 
   float bias_pair[8][2] = {};  // bias + shortcut bias of this lane's channel pairs
 #pragma unroll
   for (int ni = 0; ni < 8; ++ni) {
-    const int o = t.o0 + wn + ni * 8 + (lane % 4) * 2;
+    const int o = channel(ni);
     if (o < p.o && p.has_bias) add_word(bias + o, bias_pair[ni][0], bias_pair[ni][1]);
     if (o < p.o && p.has_shortcut_bias) add_word(shortcut_bias + o, bias_pair[ni][0], bias_pair[ni][1]);
   }
@@ -484,17 +488,6 @@ __device__ void conv3x3_mma_body(const T* __restrict__ x, const T* __restrict__ 
     *reinterpret_cast<uint32_t*>(out + pix * p.o + o) =
         uint32_t(Elem<T>::to_bits(v0)) | (uint32_t(Elem<T>::to_bits(v1)) << 16);
   });
-}
-
-template <typename T, bool ACT>
-__device__ void conv3x3_mma(const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ stats,
-                            const T* __restrict__ gamma, const T* __restrict__ beta, const T* __restrict__ bias,
-                            const T* __restrict__ residual, const T* __restrict__ shortcut_x,
-                            const T* __restrict__ shortcut_w, const T* __restrict__ shortcut_bias, T* __restrict__ out,
-                            const Conv3x3Params& p) {
-  Tile t;
-  if (!tile_of_block(p, cp::kMmaTileN, t)) return;
-  conv3x3_mma_body<T, ACT>(x, w, stats, gamma, beta, bias, residual, shortcut_x, shortcut_w, shortcut_bias, out, p, t);
 }
 
 // ---- CUDA cores -------------------------------------------------------------------
