@@ -32,10 +32,13 @@ def current_rss_bytes() -> int:
 
 
 def child(method: str, size: int, weights: Path, dtype_name: str, repeats: int, seed: int,
-          torch_device: str = "cpu") -> dict:
+          torch_device: str = "cpu", mlx_device: str = "default") -> dict:
     """One measurement, inside its own process."""
     import mlx.core as mx
     import numpy as np
+
+    if mlx_device != "default":
+        mx.set_default_device(getattr(mx, mlx_device))
 
     from fusedconv.config import VAEConfig
     from fusedconv.memory import decoder_floor_bytes, decoder_flops
@@ -154,6 +157,8 @@ def main(argv=None) -> int:
                    help="dtype(s) of diffusers/PyTorch, each a row (float32 by default: PyTorch's bf16 convs are "
                         "fast only on CPUs with AVX-512 BF16 / AMX)")
     p.add_argument("--torch-device", default="cpu", help="device of diffusers/PyTorch (cpu, cuda)")
+    p.add_argument("--mlx-device", default="default", choices=["default", "cpu", "gpu"],
+                   help="device of the MLX decodes (the CPU backend on MLX's CUDA build: cpu)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--reference-repeats", type=int, default=1,
                    help="timed runs of the unfused MLX path (tens of times slower on Linux CPU)")
@@ -166,8 +171,12 @@ def main(argv=None) -> int:
     if args.child:
         method, size, weights = args.child
         print(json.dumps(child(method, int(size), Path(weights), args.dtype, args.repeats, args.seed,
-                               args.torch_device)))
+                               args.torch_device, args.mlx_device)))
         return 0
+    if args.mlx_device != "default":  # so that the JSON's machine info names it
+        import mlx.core as mx
+
+        mx.set_default_device(getattr(mx, args.mlx_device))
 
     from bench.weights import ensure_weights
 
@@ -184,7 +193,8 @@ def main(argv=None) -> int:
             repeats = args.reference_repeats if method == "reference" else args.repeats
             r = run_child("bench.decoder_bench", ["--child", method, str(size), str(weights), "--dtype", dtype,
                                                   "--repeats", str(repeats), "--seed", str(args.seed),
-                                                  "--torch-device", args.torch_device])
+                                                  "--torch-device", args.torch_device,
+                                                  "--mlx-device", args.mlx_device])
             r.setdefault("method", method)
             r.setdefault("size", size)
             r["label"] = label

@@ -28,15 +28,18 @@ def isa_flags() -> dict:
     return out
 
 
-@pytest.fixture(scope="module")
-def runner(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cpu_sanitize")
+def build_runner(tmp: Path, emulate_amx: bool) -> Path:
+    """The runner over every CPU source; with emulate_amx, the AMX build's tiles are emulated
+    (cpu/amx_tiles.h) and kernels_amx.cpp gets the AVX2 flags, so that it runs on any x86-64."""
     flags = isa_flags()
     assert "csrc/cpu/kernels_avx2.cpp" in flags or os.uname().machine != "x86_64"
     common = ["clang++-16", "-std=c++20", "-g", "-O0", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
               "-fno-omit-frame-pointer", f"-I{ROOT / 'csrc'}", "-Wall", "-Wno-unused-parameter"]
     if os.uname().machine == "x86_64":
         common.append("-DFUSEDCONV_X86_KERNELS=1")
+    if emulate_amx:
+        common.append("-DFUSEDCONV_AMX_EMULATION=1")
+        flags["csrc/cpu/kernels_amx.cpp"] = flags["csrc/cpu/kernels_avx2.cpp"]
     sources = [p for p in sorted((ROOT / "csrc" / "cpu").glob("*.cpp")) if p.name != "primitives_cpu.cpp"]
     sources = [p for p in sources if not p.name.startswith("kernels_") or str(p.relative_to(ROOT)) in flags
                or p.name == "kernels_generic.cpp"]
@@ -54,11 +57,27 @@ def runner(tmp_path_factory):
     return exe
 
 
-@pytest.mark.parametrize("isa", ext.cpu_isas().split(","))
-def test_cpu_kernels_are_clean_under_asan_and_ubsan(runner, isa):
+def run_clean(exe: Path, isa: str) -> None:
     env = {**os.environ, "FUSEDCONV_CPU_ISA": isa, "ASAN_OPTIONS": "detect_leaks=1",
            "UBSAN_OPTIONS": "print_stacktrace=1"}
-    res = subprocess.run([str(runner)], capture_output=True, text=True, env=env, timeout=600)
+    res = subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-4000:]
     assert f"isa {isa}" in res.stdout and "0 failures" in res.stdout
-    assert res.stdout.count("ok  ") == 3 * 17
+    assert res.stdout.count("ok  ") == 3 * 18
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory):
+    return build_runner(tmp_path_factory.mktemp("cpu_sanitize"), emulate_amx=False)
+
+
+@pytest.mark.parametrize("isa", ext.cpu_isas().split(","))
+def test_cpu_kernels_are_clean_under_asan_and_ubsan(runner, isa):
+    run_clean(runner, isa)
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64" or "avx2" not in ext.cpu_isas(), reason="x86-64 AVX2 build")
+def test_amx_conv_indexing_on_emulated_tiles(tmp_path):
+    """The AMX conv's tiling, padding, tails and epilogue on emulated tiles, on CPUs without
+    AMX (the hardware's own run is tests/test_isa.py's, where the CPU has AMX)."""
+    run_clean(build_runner(tmp_path, emulate_amx=True), "amx")

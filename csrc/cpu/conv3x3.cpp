@@ -11,9 +11,6 @@ namespace fusedconv::cpu {
 
 namespace {
 
-// Halo ring per worker: 3 rows of (strip_w + 2) pixels x C elements. 192 KiB
-// keeps it in L2 next to one weight panel (9*C*16 elements).
-constexpr size_t kHaloBudgetBytes = 192 * 1024;
 constexpr int kMaxStrip = 120;
 constexpr int kUnitsPerThread = 8;
 
@@ -45,11 +42,12 @@ void fill_norm(const Conv3x3Params& p, const Conv3x3Buffers& b, float* norm) {
 }
 
 template <class T>
-void pack(const T* w, int o, int taps, int c, bool pairs, float* dst, int threads) {
-  if (pairs) {
-    pack_panels(w, o, taps, c, reinterpret_cast<bf16*>(dst), threads);
+void pack(const T* w, int o, int taps, int c, const Conv3x3Kernel& kernel, float* dst, int threads) {
+  const int kp = round_up(c, kernel.k_align);
+  if (kernel.channel_pairs) {
+    pack_panels(w, o, taps, c, kp, reinterpret_cast<bf16*>(dst), threads);
   } else {
-    pack_panels(w, o, taps, c, dst, threads);
+    pack_panels(w, o, taps, c, kp, dst, threads);
   }
 }
 
@@ -59,9 +57,8 @@ void run(const Conv3x3Params& p, const Conv3x3Buffers& b, const Conv3x3CpuPlan& 
   float* packed_sc = p.shortcut_c ? packed + plan.packed_weight_floats : nullptr;
   float* norm = p.groups || p.pixel_norm ? packed + plan.packed_weight_floats + plan.packed_shortcut_floats : nullptr;
   float* halos = packed + plan.packed_weight_floats + plan.packed_shortcut_floats + plan.norm_floats;
-  const bool pairs = plan.kernel.channel_pairs;
-  pack(static_cast<const T*>(b.weight), p.o, 9, p.c, pairs, packed, plan.threads);
-  if (packed_sc) pack(static_cast<const T*>(b.shortcut_w), p.o, 1, p.shortcut_c, pairs, packed_sc, plan.threads);
+  pack(static_cast<const T*>(b.weight), p.o, 9, p.c, plan.kernel, packed, plan.threads);
+  if (packed_sc) pack(static_cast<const T*>(b.shortcut_w), p.o, 1, p.shortcut_c, plan.kernel, packed_sc, plan.threads);
   if (norm) fill_norm<T>(p, b, norm);
   const Conv3x3Job job{&p, b, packed, packed_sc, norm};
   const Conv3x3UnitFn unit = plan.kernel.unit;
@@ -83,8 +80,9 @@ Conv3x3CpuPlan plan_conv3x3(const Conv3x3Params& p, DType dt, int threads, const
   plan.kernel = (kernels ? *kernels : active_kernels()).conv3x3(dt, even_channels);
   const int rows = plan.kernel.rows;
   const size_t elem_bytes = plan.kernel.channel_pairs ? sizeof(bf16) : sizeof(float);
-  int strip = int(kHaloBudgetBytes / (3 * size_t(p.c) * elem_bytes)) - 2;
-  strip = std::clamp(strip / rows * rows, rows, kMaxStrip);
+  const int ld = round_up(p.c, plan.kernel.k_align);
+  int strip = int(plan.kernel.halo_budget_bytes / (3 * size_t(ld) * elem_bytes)) - 2;
+  strip = std::clamp(strip / rows * rows, rows, std::max(rows, kMaxStrip / rows * rows));
   strip = std::min(strip, p.wo);
   plan.strips = ceil_div(p.wo, strip);
   // Even out the strips (a last strip of a few pixels wastes the GEMM step).
@@ -96,11 +94,11 @@ Conv3x3CpuPlan plan_conv3x3(const Conv3x3Params& p, DType dt, int threads, const
   plan.units = p.n * plan.strips * plan.bands;
   plan.threads = std::max(1, std::min(threads, plan.units));
   const auto floats = [&](size_t elems) { return (elems * elem_bytes + 3) / 4; };
-  plan.packed_weight_floats = floats(size_t(ceil_div(p.o, kPanel)) * 9 * p.c * kPanel);
-  plan.packed_shortcut_floats = floats(size_t(ceil_div(p.o, kPanel)) * p.shortcut_c * kPanel);
+  const int sc_ld = round_up(p.shortcut_c, plan.kernel.k_align);
+  plan.packed_weight_floats = floats(size_t(ceil_div(p.o, kPanel)) * 9 * ld * kPanel);
+  plan.packed_shortcut_floats = floats(size_t(ceil_div(p.o, kPanel)) * sc_ld * kPanel);
   plan.norm_floats = p.groups || p.pixel_norm ? size_t(p.n) * 3 * p.c : 0;
-  plan.halo_floats =
-      halo_ring_floats(plan.strip_w + 2, p.c, elem_bytes) + size_t(plan.strip_w) * plan.kernel.panels * kPanel;
+  plan.halo_floats = plan.kernel.worker_floats(p, plan.strip_w);
   return plan;
 }
 

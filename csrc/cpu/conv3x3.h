@@ -38,14 +38,18 @@ using Conv3x3UnitFn = void (*)(const Conv3x3Job&, int n, int y0, int y1, int x0,
 struct Conv3x3Kernel {
   Conv3x3UnitFn unit;
   int rows;            // output pixels per GEMM step (strips are multiples of it)
-  int panels;          // 16-channel output panels per GEMM step
   bool channel_pairs;  // halo and packed weights in bf16 channel pairs (dot products)
+  int k_align;         // packed input channels padded with zeros to a multiple of this
+  size_t halo_budget_bytes;  // one worker's ring of three halo rows at most (sets the strip)
+  // Floats of one worker's scratch (halo ring, partial sums, staging) for strips of
+  // strip_w output columns.
+  size_t (*worker_floats)(const Conv3x3Params& p, int strip_w);
 };
 
-// Floats of one worker's ring of three halo rows of `cols` pixels, rounded up
-// to a cache line; the partial sums follow it.
-inline size_t halo_ring_floats(int cols, int c, size_t elem_bytes) {
-  const size_t floats = (3 * size_t(cols) * c * elem_bytes + 3) / 4;
+// Floats of a ring of three halo rows of `cols` pixels x `ld` elements, rounded up
+// to a cache line.
+inline size_t halo_ring_floats(int cols, int ld, size_t elem_bytes) {
+  const size_t floats = (3 * size_t(cols) * ld * elem_bytes + 3) / 4;
   return (floats + 15) / 16 * 16;
 }
 
@@ -57,10 +61,11 @@ struct Conv3x3CpuPlan {
   int strip_w;   // output columns per work unit
   int band_h;    // output rows per work unit
   int strips, bands, units;
-  size_t packed_weight_floats;    // ceil(O/16) * 9 * C * 16 elements (f32, or bf16 pairs: half)
-  size_t packed_shortcut_floats;  // ceil(O/16) * Cs * 16 elements, likewise
+  size_t packed_weight_floats;    // ceil(O/16) * 9 * C' * 16 elements (f32, or bf16 pairs: half;
+                                  // C' = C rounded up to kernel.k_align)
+  size_t packed_shortcut_floats;  // ceil(O/16) * Cs' * 16 elements, likewise
   size_t norm_floats;             // N * 3 * C (mean, scale, shift per channel)
-  size_t halo_floats;             // per worker: halo ring + strip_w * panels * 16 partial sums
+  size_t halo_floats;             // per worker: kernel.worker_floats(p, strip_w)
   size_t scratch_floats() const {
     return packed_weight_floats + packed_shortcut_floats + norm_floats + size_t(threads) * halo_floats;
   }
@@ -81,8 +86,8 @@ void conv3x3(const Conv3x3Params& p, DType dt, const Conv3x3Buffers& b,
 struct Conv3x3Job {
   const Conv3x3Params* p;
   Conv3x3Buffers b;
-  const void* packed_w;   // [ceil(O/16)][9][C][16] f32, or [ceil(O/16)][9][C/2][16][2] bf16
-  const void* packed_sc;  // [ceil(O/16)][Cs][16], likewise; or null
+  const void* packed_w;   // [ceil(O/16)][9][C'][16] f32, or [ceil(O/16)][9][C'/2][16][2] bf16
+  const void* packed_sc;  // [ceil(O/16)][Cs'][16], likewise; or null
   const float* norm;      // [N][3][C] or null
 };
 

@@ -12,6 +12,10 @@
 #if defined(FUSEDCONV_X86_KERNELS)
 #include <cpuid.h>
 #endif
+#if defined(FUSEDCONV_X86_KERNELS) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace fusedconv::cpu {
 
@@ -22,6 +26,25 @@ namespace {
 bool has_f16c() {
   unsigned a = 0, b = 0, c = 0, d = 0;
   return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+
+// AMX-TILE and AMX-BF16 (CPUID leaf 7, EDX bits 24 and 22) and Linux's permission for this
+// process to use the tile data state, requested once (without it the first tile load is
+// SIGILL). The sanitizer tests' build emulates the tiles (amx_tiles.h) on any AVX2 CPU.
+bool amx_usable() {
+#if defined(FUSEDCONV_AMX_EMULATION)
+  return true;
+#elif defined(__linux__)
+  static const bool usable = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 22))) return false;
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return usable;
+#else
+  return false;
+#endif
 }
 #endif
 
@@ -35,12 +58,17 @@ bool cpu_supports(Isa isa) {
       return cpu_supports(Isa::avx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
     case Isa::avx512bf16: return cpu_supports(Isa::avx512) && __builtin_cpu_supports("avx512bf16");
+#if defined(FUSEDCONV_AMX_EMULATION)
+    case Isa::amx: return cpu_supports(Isa::avx2) && amx_usable();
+#else
+    case Isa::amx: return cpu_supports(Isa::avx512bf16) && amx_usable();
+#endif
 #endif
     default: return false;
   }
 }
 
-constexpr Isa kAll[] = {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512bf16};
+constexpr Isa kAll[] = {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512bf16, Isa::amx};
 
 }  // namespace
 
@@ -50,6 +78,7 @@ const char* isa_name(Isa isa) {
     case Isa::avx2: return "avx2";
     case Isa::avx512: return "avx512";
     case Isa::avx512bf16: return "avx512bf16";
+    case Isa::amx: return "amx";
   }
   return "generic";
 }
@@ -63,6 +92,7 @@ const IsaKernels& kernels_of(Isa isa) {
     case Isa::avx2: return avx2::kernels;
     case Isa::avx512: return avx512::kernels;
     case Isa::avx512bf16: return avx512bf16::kernels;
+    case Isa::amx: return amx::kernels;
 #endif
     default: return generic::kernels;
   }

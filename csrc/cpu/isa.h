@@ -14,7 +14,7 @@
 
 namespace fusedconv::cpu {
 
-enum class Isa { generic, avx2, avx512, avx512bf16 };
+enum class Isa { generic, avx2, avx512, avx512bf16, amx };
 
 struct IsaKernels {
   // even_channels: C and the shortcut's Cs are even (bf16 channel pairs possible).
@@ -25,8 +25,9 @@ struct IsaKernels {
 
 // The builds, each a superset of the one before: "generic" (portable), "avx2"
 // (AVX2 + FMA + F16C; x86-64), "avx512" (AVX-512 F/BW/DQ/VL: 16-lane GEMM steps)
-// and "avx512bf16" (the avx512 build, with bf16 convolutions on AVX512-BF16 dot
-// products). active_isa() is the fastest this CPU runs, by measurement (calibration()),
+// "avx512bf16" (the avx512 build, with bf16 convolutions on AVX512-BF16 dot products)
+// and "amx" (the avx512bf16 build, with bf16 convolutions on AMX-BF16 tiles; Linux, where
+// the process is granted the tile state). active_isa() is the fastest this CPU runs, by measurement (calibration()),
 // because which one wins depends on the micro-architecture: vdpbf16ps lost to f32 FMA
 // on an Emerald Rapids Xeon and won 1.8x on a Zen 5. FUSEDCONV_CPU_ISA=<name> forces a
 // build the CPU supports (tests cover each); any other name throws std::invalid_argument
@@ -56,6 +57,9 @@ namespace avx512 {
 extern const IsaKernels kernels;
 }
 namespace avx512bf16 {
+extern const IsaKernels kernels;
+}
+namespace amx {
 extern const IsaKernels kernels;
 }
 

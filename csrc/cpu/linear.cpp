@@ -22,7 +22,7 @@ void linear(const LinearJob& job_in, DType dt, const void* w, const LinearCpuPla
   LinearJob job = job_in;
   job.packed_w = scratch;
   with_dtype(dt, [&](auto t) {
-    pack_panels(static_cast<const decltype(t)*>(w), job.n, 1, job.k, scratch, plan.threads);
+    pack_panels(static_cast<const decltype(t)*>(w), job.n, 1, job.k, job.k, scratch, plan.threads);
   });
   float* work = scratch + plan.packed_floats;
   parallel_for(plan.row_blocks, plan.threads, [&](int blk, int worker) {

@@ -24,19 +24,20 @@ constexpr size_t panel_index(int c, int j) {
   }
 }
 
-// P = float: [ceil(N/16)][taps][K][16] f32; P = bf16: [ceil(N/16)][taps][K/2][16][2]
-// (K even), the channel-pair layout of the dot-product kernels.
+// P = float: [ceil(N/16)][taps][KP][16] f32; P = bf16: [ceil(N/16)][taps][KP/2][16][2]
+// (KP even), the channel-pair layout of the dot-product kernels (and AMX's B tiles).
+// Rows K .. KP-1 are zero.
 template <class T, class P>
-void pack_panels(const T* w, int n, int taps, int k, P* packed, int threads) {
+void pack_panels(const T* w, int n, int taps, int k, int kp, P* packed, int threads) {
   const int blocks = ceil_div(n, kPanel);
   parallel_for(blocks * taps, threads, [&](int task, int) {
     const int nb = task / taps, tap = task % taps;
-    P* dst = packed + (size_t(nb) * taps + tap) * k * kPanel;
+    P* dst = packed + (size_t(nb) * taps + tap) * kp * kPanel;
     // Source rows read contiguously; the strided writes stay in one L2-sized panel.
     for (int j = 0; j < kPanel; ++j) {
       const int o = nb * kPanel + j;
       const T* src = o < n ? w + (size_t(o) * taps + tap) * k : nullptr;
-      for (int c = 0; c < k; ++c) dst[panel_index<P>(c, j)] = src ? from_f32<P>(to_f32(src[c])) : P{};
+      for (int c = 0; c < kp; ++c) dst[panel_index<P>(c, j)] = src && c < k ? from_f32<P>(to_f32(src[c])) : P{};
     }
   });
 }

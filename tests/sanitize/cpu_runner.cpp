@@ -223,7 +223,8 @@ void attention_case(DType dt, int b, int tq, int tk, int c) {
 template <class T>
 void all_cases(DType dt) {
   // tails of every tile: widths below / across the strip, C and Cs odd and over a 128 chunk,
-  // O below / across 16- and 32-channel panels, 1x1 images, batch 2
+  // O below / across 16- and 32-channel panels, 1x1 images, batch 2, C not a multiple of
+  // AMX's 32
   conv_case<T>(dt, 1, 3, 37, 20, 40, 4, 1, true, 0, true);
   conv_case<T>(dt, 2, 2, 9, 16, 3, 8, 1, true, 0, false);
   conv_case<T>(dt, 1, 2, 5, 12, 8, 3, 2, true, 0, true);
@@ -233,6 +234,7 @@ void all_cases(DType dt) {
   conv_case<T>(dt, 1, 4, 7, 130, 35, 2, 2, true, 0, true);
   conv_case<T>(dt, 2, 3, 11, 24, 20, 0, 2, true, 0, true, true);
   conv_case<T>(dt, 1, 2, 9, 33, 7, 0, 1, false, 6, false, true);
+  conv_case<T>(dt, 1, 2, 100, 34, 20, 2, 1, true, 6, true);  // two AMX strips (64 + 36 pixels)
   stats_case<T>(dt, 2, 7, 9, 32, 8, 0.0);
   stats_case<T>(dt, 1, 33, 35, 12, 3, 100.0);
   stats_case<T>(dt, 1, 1, 1, 4, 4, 0.0);
