@@ -58,6 +58,31 @@ struct Block {
   const bf16* shortcut;
 };
 
+// out[0..count) = sums + addend (+ res), rounded to bf16 as from_f32 rounds (nearest even,
+// NaN kept a quiet NaN); eight lanes at a time, as the outputs are a fair share of the work
+// for C = 128 (a block's 36 tile steps against 1024 stores).
+void store_sums(const float* sums, const float* addend, const bf16* res, int count, bf16* out) {
+  typedef uint16_t v8h __attribute__((vector_size(16)));
+  int j = 0;
+  for (; j + 8 <= count; j += 8) {
+    v8 s = load8(sums + j) + load8(addend + j);
+    if (res) {
+      v8h r;
+      std::memcpy(&r, res + j, sizeof(r));
+      s += __builtin_bit_cast(v8, __builtin_convertvector(r, v8ui) << 16);
+    }
+    const v8ui u = __builtin_bit_cast(v8ui, s);
+    const v8ui rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const v8ui bits = (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : rounded;
+    const v8h h = __builtin_convertvector(bits, v8h);
+    std::memcpy(out + j, &h, sizeof(h));
+  }
+  for (; j < count; ++j) {
+    const float s = sums[j] + addend[j];
+    out[j] = from_f32<bf16>(res ? s + to_f32(res[j]) : s);
+  }
+}
+
 template <int NPAN>
 void run_block(const Conv3x3Job& job, const bf16* const rows[3], const Block& blk) {
   const Conv3x3Params& p = *job.p;
@@ -93,19 +118,15 @@ void run_block(const Conv3x3Job& job, const bf16* const rows[3], const Block& bl
   const int count = std::min(NPAN * kPanel, p.o - o0);
   const bf16* bias = static_cast<const bf16*>(job.b.bias);
   const bf16* sc_bias = static_cast<const bf16*>(job.b.shortcut_bias);
-  float addend[2 * kPanel] = {};
+  alignas(64) float addend[2 * kPanel] = {};
   for (int j = 0; j < count; ++j) {
     addend[j] = (bias ? to_f32(bias[o0 + j]) : 0.0f) + (sc_bias ? to_f32(sc_bias[o0 + j]) : 0.0f);
   }
   const size_t pix0 = (size_t(blk.n) * p.ho + blk.y) * p.wo + blk.x;
   for (int i = 0; i < blk.pixels; ++i) {
     const size_t at = (pix0 + i) * p.o + o0;
-    bf16* out = static_cast<bf16*>(job.b.out) + at;
     const bf16* res = job.b.residual ? static_cast<const bf16*>(job.b.residual) + at : nullptr;
-    for (int j = 0; j < count; ++j) {
-      const float s = sums[i][j] + addend[j];
-      out[j] = from_f32<bf16>(res ? s + to_f32(res[j]) : s);
-    }
+    store_sums(sums[i], addend, res, count, static_cast<bf16*>(job.b.out) + at);
   }
 }
 
