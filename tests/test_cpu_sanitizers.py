@@ -63,7 +63,7 @@ def run_clean(exe: Path, isa: str) -> None:
     res = subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-4000:]
     assert f"isa {isa}" in res.stdout and "0 failures" in res.stdout
-    assert res.stdout.count("ok  ") == 3 * 18
+    assert res.stdout.count("ok  ") == 3 * 19
 
 
 @pytest.fixture(scope="module")
