@@ -12,12 +12,13 @@ namespace fusedconv {
 
 namespace {
 
+// Without iostreams: on MLX's CUDA build (0.32.4, Linux) writing an int into an
+// std::ostringstream here crashed the process (segfault, measured on the H200 host), where
+// std::to_string does not.
 std::string shape_str(const mx::Shape& s) {
-  std::ostringstream o;
-  o << "(";
-  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
-  o << (s.size() == 1 ? ",)" : ")");
-  return o.str();
+  std::string o = "(";
+  for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
+  return o + (s.size() == 1 ? ",)" : ")");
 }
 
 std::string dtype_str(mx::Dtype d) {
