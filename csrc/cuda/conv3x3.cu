@@ -9,8 +9,9 @@
 //   mma.sync m16n8k16 tensor cores, f32 accumulation; the staged halo rows are the A
 //   operand of all 9 taps (each tap is the same tile shifted by (ky, kx)), loaded with
 //   ldmatrix; `_act` activates the input (norm, SiLU), `_copy` takes it as it is;
-// - fc_conv3x3_simt_<dtype>_<TN> (float32 at full precision; O <= 8 such as conv_out's
-//   3 channels, where a tensor-core tile would be mostly empty; inputs the tensor-core
+// - fc_conv3x3_simt_<dtype>_<TN> (TN = 32, 8 or 4 output channels a thread; float32 at full
+//   precision; O <= 8 such as conv_out's 3 channels (TN = 4), where a tensor-core tile would
+//   be mostly empty; inputs the tensor-core
 //   kernel cannot copy as 16-byte vectors; GPUs whose blocks cannot have its shared
 //   memory): f32 FMA.
 #include <cuda_bf16.h>
@@ -590,9 +591,13 @@ FC_CONV_KERNEL(fc_conv3x3_mma_float16_copy, __half, (conv3x3_mma<__half, false>)
 FC_CONV_KERNEL(fc_conv3x3_mma_float16_act, __half, (conv3x3_mma<__half, true>), FC_MMA_BOUNDS)
 FC_CONV_KERNEL(fc_conv3x3_simt_float32_32, float, (conv3x3_simt<float, cp::kSimtTileN>), FC_SIMT_BOUNDS)
 FC_CONV_KERNEL(fc_conv3x3_simt_float32_8, float, (conv3x3_simt<float, cp::kSimtNarrowN>), FC_SIMT_BOUNDS)
+FC_CONV_KERNEL(fc_conv3x3_simt_float32_4, float, (conv3x3_simt<float, cp::kSimtRgbN>), FC_SIMT_BOUNDS)
 FC_CONV_KERNEL(fc_conv3x3_simt_float16_32, __half, (conv3x3_simt<__half, cp::kSimtTileN>), FC_SIMT_BOUNDS)
 FC_CONV_KERNEL(fc_conv3x3_simt_float16_8, __half, (conv3x3_simt<__half, cp::kSimtNarrowN>), FC_SIMT_BOUNDS)
+FC_CONV_KERNEL(fc_conv3x3_simt_float16_4, __half, (conv3x3_simt<__half, cp::kSimtRgbN>), FC_SIMT_BOUNDS)
 FC_CONV_KERNEL(fc_conv3x3_simt_bfloat16_32, __nv_bfloat16, (conv3x3_simt<__nv_bfloat16, cp::kSimtTileN>),
                FC_SIMT_BOUNDS)
 FC_CONV_KERNEL(fc_conv3x3_simt_bfloat16_8, __nv_bfloat16, (conv3x3_simt<__nv_bfloat16, cp::kSimtNarrowN>),
+               FC_SIMT_BOUNDS)
+FC_CONV_KERNEL(fc_conv3x3_simt_bfloat16_4, __nv_bfloat16, (conv3x3_simt<__nv_bfloat16, cp::kSimtRgbN>),
                FC_SIMT_BOUNDS)

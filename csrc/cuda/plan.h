@@ -63,7 +63,7 @@ inline KernelPlan plan_conv3x3(const Conv3x3Params& p, KernelDType dt, unsigned 
                    mma_shared_bytes() <= max_shared_bytes;
   if (!mma) {
     // f32 at full precision; few output channels would leave a tensor-core tile empty.
-    const int tn = p.o <= kSimtNarrowN ? kSimtNarrowN : kSimtTileN;
+    const int tn = p.o <= kSimtRgbN ? kSimtRgbN : p.o <= kSimtNarrowN ? kSimtNarrowN : kSimtTileN;
     k.name = std::string("fc_conv3x3_simt_") + dtype_name(dt) + "_" + std::to_string(tn);
     set_grid(k, conv_tiles(p, tn), kSimtThreads);
     return k;

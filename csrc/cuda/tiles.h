@@ -26,10 +26,12 @@ constexpr int kMmaMaxNormChannels = 1024;
 
 // On CUDA cores (float32, any dtype with few output channels, and where the tensor-core
 // kernel does not fit): a thread per output pixel of the tile computes kSimtTileN (or
-// kSimtNarrowN for O <= 8) output channels, staging kSimtBK input channels at a time in f32.
+// kSimtNarrowN for O <= 8, kSimtRgbN for O <= 4: a decoder's conv_out) output channels,
+// staging kSimtBK input channels at a time in f32.
 constexpr int kSimtThreads = kTileRows * kTileCols;
 constexpr int kSimtTileN = 32;
 constexpr int kSimtNarrowN = 8;
+constexpr int kSimtRgbN = 4;
 constexpr int kSimtBK = 16;
 
 // group_norm_stats: a block reduces one slice of one (image, group): about
