@@ -79,5 +79,6 @@ def test_cpu_kernels_are_clean_under_asan_and_ubsan(runner, isa):
 @pytest.mark.skipif(os.uname().machine != "x86_64" or "avx2" not in ext.cpu_isas(), reason="x86-64 AVX2 build")
 def test_amx_conv_indexing_on_emulated_tiles(tmp_path):
     """The AMX conv's tiling, padding, tails and epilogue on emulated tiles, on CPUs without
-    AMX (the hardware's own run is tests/test_isa.py's, where the CPU has AMX)."""
+    AMX (where the CPU has AMX, the runner above and the cpu_isa-parametrised tests run the
+    real tiles too)."""
     run_clean(build_runner(tmp_path, emulate_amx=True), "amx")

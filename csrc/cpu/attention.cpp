@@ -12,7 +12,7 @@ AttentionCpuPlan plan_attention(int batch, int tq, int c, DType dt, int threads)
   AttentionCpuPlan plan{};
   plan.block = active_kernels().attention_block(dt);
   // At least four tasks per thread where the tokens allow it.
-  const int balanced = ceil_div(ceil_div(batch * tq, 4 * threads), 16) * 16;
+  const int balanced = round_up(ceil_div(batch * tq, 4 * threads), 16);
   plan.query_block = std::clamp(balanced, kAttnMinQueryBlock, kAttnMaxQueryBlock);
   plan.query_blocks = ceil_div(tq, plan.query_block);
   plan.threads = std::max(1, std::min(threads, batch * plan.query_blocks));

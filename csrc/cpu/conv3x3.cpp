@@ -14,8 +14,6 @@ namespace {
 constexpr int kMaxStrip = 120;
 constexpr int kUnitsPerThread = 8;
 
-int round_up(int v, int m) { return (v + m - 1) / m * m; }
-
 // Per image and channel (mean, scale, shift) for activate(): group norm from the group's
 // statistics; the per-pixel norm as (0, gamma, beta), its pixel statistic applied per pixel.
 template <class T>

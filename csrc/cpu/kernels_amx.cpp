@@ -21,8 +21,6 @@ constexpr int kBlockPixels = 2 * tile::kRows;  // two A tiles
 // for one pair of weight panels (9 x C x 32 bf16: 288 KiB at C = 512) next to it.
 constexpr size_t kHaloBudgetBytes = 768 * 1024;
 
-int round_up(int v, int m) { return (v + m - 1) / m * m; }
-
 // The staged 1x1 shortcut input of one strip row: pixels x 32-aligned channels, bf16.
 size_t shortcut_floats(const Conv3x3Params& p, int cols) {
   return p.shortcut_c ? (size_t(cols) * round_up(p.shortcut_c, kTileK) + 1) / 2 : 0;

@@ -13,6 +13,7 @@ namespace fusedconv::cpu {
 constexpr int kPanel = 16;
 
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+inline int round_up(int v, int m) { return ceil_div(v, m) * m; }
 
 // Index of element (channel c, column j) in one tap's panel of P elements.
 template <class P>
