@@ -80,3 +80,37 @@ def test_fused_decode_peak_near_analytic_floor():
     peak = mx.get_peak_memory() - base
     floor = decoder_floor_bytes(cfg, 256, 256, mx.bfloat16) - 2 * decoder_parameter_count(cfg)
     assert peak <= 1.15 * floor, (peak / 2**20, floor / 2**20)
+
+
+FLUX_1024_COMPOSED = ["mid_block.resnets.0", "mid_block.resnets.1", *(f"up_blocks.{i}.resnets.{j}" for i in (0, 1)
+                                                                     for j in range(3)),
+                      "up_blocks.0.upsamplers.0", "up_blocks.1.upsamplers.0"]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_wide_convs_composed_only_when_asked_and_under_the_fused_peak(batch):
+    """compose_wide_convs (the default on MLX's CUDA backend only): a Flux decode at 1024^2 runs
+    the 512-channel resnets and upsamplers at 128^2 and 256^2 through mlx.nn (cuDNN there);
+    up_blocks.2.resnets.0 (512 -> 256 at 512^2) would outgrow the fused peak, so stays fused, as
+    do the attention, conv_in, the narrower stages and the output head."""
+    dec = AutoencoderKLDecoder(PRESETS["flux"])  # lazy: nothing allocated
+    z = mx.zeros((batch, 128, 128, 16))
+    assert {fn.__name__ for _, fn in dec.stages(z)} == {"fused"}  # not on MLX's CUDA backend
+    dec.compose_wide_convs = True
+    paths = {name: fn.__name__ for name, fn in dec.stages(z)}
+    assert sorted(n for n, p in paths.items() if p == "reference") == sorted(FLUX_1024_COMPOSED)
+    assert paths["mid_block.attentions.0"] == paths["up_blocks.2.resnets.0"] == "fused"
+    assert {fn.__name__ for _, fn in dec.set_fused(False).stages(z)} == {"reference"}
+
+
+def test_decode_with_composed_wide_convs_matches_fused():
+    cfg = VAEConfig(block_out_channels=(32, 64, 512, 512), layers_per_block=1, latent_channels=4,
+                    norm_num_groups=8, use_post_quant_conv=False)
+    dec = AutoencoderKLDecoder(cfg)
+    z = mx.random.normal((1, 4, 5, 4), key=mx.random.key(3))
+    want = dec(z)
+    dec.compose_wide_convs = True
+    assert any(fn.__name__ == "reference" for _, fn in dec.stages(z))
+    got = dec(z)
+    # f32 both ways: the composition's sums run in another order (~sqrt(9 C) * 2^-24 relative).
+    assert mx.abs(got - want).max().item() <= 1e-4 * mx.abs(want).max().item()

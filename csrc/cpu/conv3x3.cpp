@@ -49,13 +49,33 @@ void pack(const T* w, int o, int taps, int c, const Conv3x3Kernel& kernel, float
   }
 }
 
+// The 3x3 weights [O][3][3][C] as Winograd F(2,3)'s 12 taps (t, ky), t-major:
+// U = (g0, (g0 + g1 + g2)/2, (g0 - g1 + g2)/2, g2) of each kernel row g (conv3x3_winograd.inc).
+template <class T>
+void pack_winograd(const T* w, int o, int c, int kp, float* dst, int threads) {
+  pack_panels_of(o, 12, c, kp, dst, threads, [w, c](int oc, int tap, int ci) {
+    const T* g = w + (size_t(oc) * 3 + tap % 3) * 3 * c + ci;
+    const float g0 = to_f32(g[0]), g1 = to_f32(g[c]), g2 = to_f32(g[2 * c]);
+    switch (tap / 3) {
+      case 0: return g0;
+      case 1: return (g0 + g1 + g2) * 0.5f;
+      case 2: return (g0 - g1 + g2) * 0.5f;
+      default: return g2;
+    }
+  });
+}
+
 template <class T>
 void run(const Conv3x3Params& p, const Conv3x3Buffers& b, const Conv3x3CpuPlan& plan, float* scratch) {
   float* packed = scratch;
   float* packed_sc = p.shortcut_c ? packed + plan.packed_weight_floats : nullptr;
   float* norm = p.groups || p.pixel_norm ? packed + plan.packed_weight_floats + plan.packed_shortcut_floats : nullptr;
   float* halos = packed + plan.packed_weight_floats + plan.packed_shortcut_floats + plan.norm_floats;
-  pack(static_cast<const T*>(b.weight), p.o, 9, p.c, plan.kernel, packed, plan.threads);
+  if (plan.kernel.winograd) {
+    pack_winograd(static_cast<const T*>(b.weight), p.o, p.c, round_up(p.c, plan.kernel.k_align), packed, plan.threads);
+  } else {
+    pack(static_cast<const T*>(b.weight), p.o, 9, p.c, plan.kernel, packed, plan.threads);
+  }
   if (packed_sc) pack(static_cast<const T*>(b.shortcut_w), p.o, 1, p.shortcut_c, plan.kernel, packed_sc, plan.threads);
   if (norm) fill_norm<T>(p, b, norm);
   const Conv3x3Job job{&p, b, packed, packed_sc, norm};
@@ -93,7 +113,8 @@ Conv3x3CpuPlan plan_conv3x3(const Conv3x3Params& p, DType dt, int threads, const
   plan.threads = std::max(1, std::min(threads, plan.units));
   const auto floats = [&](size_t elems) { return (elems * elem_bytes + 3) / 4; };
   const int sc_ld = round_up(p.shortcut_c, plan.kernel.k_align);
-  plan.packed_weight_floats = floats(size_t(ceil_div(p.o, kPanel)) * 9 * ld * kPanel);
+  const int taps = plan.kernel.winograd ? 12 : 9;
+  plan.packed_weight_floats = floats(size_t(ceil_div(p.o, kPanel)) * taps * ld * kPanel);
   plan.packed_shortcut_floats = floats(size_t(ceil_div(p.o, kPanel)) * sc_ld * kPanel);
   plan.norm_floats = p.groups || p.pixel_norm ? size_t(p.n) * 3 * p.c : 0;
   plan.halo_floats = plan.kernel.worker_floats(p, plan.strip_w);

@@ -39,6 +39,8 @@ struct Conv3x3Kernel {
   Conv3x3UnitFn unit;
   int rows;            // output pixels per GEMM step (strips are multiples of it)
   bool channel_pairs;  // halo and packed weights in bf16 channel pairs (dot products)
+  bool winograd;       // weights packed as the 12 taps of Winograd F(2,3) along rows
+                       // (conv3x3_winograd.inc), not the 9 taps of the kernel
   int k_align;         // packed input channels padded with zeros to a multiple of this
   size_t halo_budget_bytes;  // one worker's ring of three halo rows at most (sets the strip)
   // Floats of one worker's scratch (halo ring, partial sums, staging) for strips of
@@ -61,8 +63,8 @@ struct Conv3x3CpuPlan {
   int strip_w;   // output columns per work unit
   int band_h;    // output rows per work unit
   int strips, bands, units;
-  size_t packed_weight_floats;    // ceil(O/16) * 9 * C' * 16 elements (f32, or bf16 pairs: half;
-                                  // C' = C rounded up to kernel.k_align)
+  size_t packed_weight_floats;    // ceil(O/16) * taps * C' * 16 elements (f32, or bf16 pairs: half;
+                                  // taps = 9, 12 for Winograd; C' = C rounded up to kernel.k_align)
   size_t packed_shortcut_floats;  // ceil(O/16) * Cs' * 16 elements, likewise
   size_t norm_floats;             // N * 3 * C (mean, scale, shift per channel)
   size_t halo_floats;             // per worker: kernel.worker_floats(p, strip_w)
@@ -86,7 +88,7 @@ void conv3x3(const Conv3x3Params& p, DType dt, const Conv3x3Buffers& b,
 struct Conv3x3Job {
   const Conv3x3Params* p;
   Conv3x3Buffers b;
-  const void* packed_w;   // [ceil(O/16)][9][C'][16] f32, or [ceil(O/16)][9][C'/2][16][2] bf16
+  const void* packed_w;   // [ceil(O/16)][taps][C'][16] f32, or [ceil(O/16)][9][C'/2][16][2] bf16
   const void* packed_sc;  // [ceil(O/16)][Cs'][16], likewise; or null
   const float* norm;      // [N][3][C] or null
 };

@@ -187,7 +187,7 @@ const IsaKernels& fallback() { return avx512bf16::kernels; }
 
 Conv3x3Kernel conv3x3_kernel(DType dt, bool even_channels) {
   if (dt == DType::bf16 && even_channels) {
-    return {unit, kBlockPixels, true, kTileK, kHaloBudgetBytes, worker_floats};
+    return {unit, kBlockPixels, true, false, kTileK, kHaloBudgetBytes, worker_floats};
   }
   return fallback().conv3x3(dt, even_channels);
 }

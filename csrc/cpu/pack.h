@@ -27,9 +27,9 @@ constexpr size_t panel_index(int c, int j) {
 
 // P = float: [ceil(N/16)][taps][KP][16] f32; P = bf16: [ceil(N/16)][taps][KP/2][16][2]
 // (KP even), the channel-pair layout of the dot-product kernels (and AMX's B tiles).
-// Rows K .. KP-1 are zero.
-template <class T, class P>
-void pack_panels(const T* w, int n, int taps, int k, int kp, P* packed, int threads) {
+// Element (o, tap, c) is value(o, tap, c) for o < n and c < k, zero elsewhere.
+template <class P, class Value>
+void pack_panels_of(int n, int taps, int k, int kp, P* packed, int threads, Value value) {
   const int blocks = ceil_div(n, kPanel);
   parallel_for(blocks * taps, threads, [&](int task, int) {
     const int nb = task / taps, tap = task % taps;
@@ -37,10 +37,16 @@ void pack_panels(const T* w, int n, int taps, int k, int kp, P* packed, int thre
     // Source rows read contiguously; the strided writes stay in one L2-sized panel.
     for (int j = 0; j < kPanel; ++j) {
       const int o = nb * kPanel + j;
-      const T* src = o < n ? w + (size_t(o) * taps + tap) * k : nullptr;
-      for (int c = 0; c < kp; ++c) dst[panel_index<P>(c, j)] = src && c < k ? from_f32<P>(to_f32(src[c])) : P{};
+      for (int c = 0; c < kp; ++c) dst[panel_index<P>(c, j)] = o < n && c < k ? from_f32<P>(value(o, tap, c)) : P{};
     }
   });
+}
+
+// The panels of w = [N][taps][K].
+template <class T, class P>
+void pack_panels(const T* w, int n, int taps, int k, int kp, P* packed, int threads) {
+  pack_panels_of(n, taps, k, kp, packed, threads,
+                 [w, taps, k](int o, int tap, int c) { return to_f32(w[(size_t(o) * taps + tap) * k + c]); });
 }
 
 }  // namespace fusedconv::cpu

@@ -19,6 +19,11 @@ from .nn import Conv3x3, GroupNorm
 from .ops import ATTENTION_SCORES_BUDGET, attention_bounded, linear
 
 EPS = 1e-6
+# On MLX's CUDA backend mx.conv2d is cuDNN, 2.5-3.5x this project's CUDA conv on an H200. With
+# 512 input channels the composition's extra GroupNorm / SiLU / upsample passes cost less than
+# that (its op times 0.6-0.8x the fused op's, 128^2-512^2 inputs); with 128-256 channels at
+# high resolution they cost more (1.1-2.4x). bench/reports/h200/2026-12-03/ops_1024_bfloat16.json.
+COMPOSED_MIN_CHANNELS = 512
 
 
 def _linear(layer: nn.Module, x: mx.array) -> mx.array:
@@ -68,6 +73,13 @@ class ResnetBlock2D(nn.Module):
         cin, cout = self.conv1.weight.shape[-1], self.conv1.weight.shape[0]
         return px * (cin + 2 * cout), px
 
+    def composed_live_elements(self, px: int):
+        """(input channels, elements alive at once in the reference forward): x, and a composed
+        conv's normalised / SiLU'd temporaries and output, measured on the H200 at 3x its input
+        above the inputs (bench/reports/h200/2026-12-03/ops_1024_bfloat16.json); counted as 4x."""
+        cin, cout = self.conv1.weight.shape[-1], self.conv1.weight.shape[0]
+        return cin, px * (cin + 4 * max(cin, cout) + cout)
+
 
 class Attention(nn.Module):
     """Single-head self-attention over pixels with a GroupNorm in front and a residual."""
@@ -116,6 +128,12 @@ class Upsample2D(nn.Module):
     def live_elements(self, px: int):
         """x and the output at 2x."""
         return 5 * px * self.conv.weight.shape[0], 4 * px
+
+    def composed_live_elements(self, px: int):
+        """x, the upsampled input and the conv's output at 2x (measured: twice the output above
+        the input; counted as three times)."""
+        c = self.conv.weight.shape[-1]
+        return c, px * c * 13
 
 
 class ConvIn(Conv3x3):
@@ -190,9 +208,21 @@ class StageTree(nn.Module):
             peak = max(peak, live)
         return batch * peak
 
-    def stages(self, fused: bool):
-        """(name, fn) per stage: the one place where the fused or the reference path is chosen."""
-        return [(name, m.fused if fused else m.reference) for name, m in self.stage_modules()]
+    def stages(self, fused: bool, latent_pixels: int = 0, batch: int = 1, compose_wide: bool = False):
+        """(name, fn) per stage: the one place where the fused or the reference path is chosen.
+        compose_wide (MLX's CUDA backend): the resnets and upsamplers of >= COMPOSED_MIN_CHANNELS
+        input channels run the reference forward (cuDNN convs) where its live set stays under
+        the fused decode's peak, so the decode's peak is unchanged."""
+        peak = self.peak_live_elements(latent_pixels, batch)
+        out, px = [], latent_pixels
+        for name, m in self.stage_modules():
+            composed = False
+            if fused and compose_wide and hasattr(m, "composed_live_elements"):
+                channels, live = m.composed_live_elements(px)
+                composed = channels >= COMPOSED_MIN_CHANNELS and batch * live <= peak
+            out.append((name, m.reference if composed or not fused else m.fused))
+            px = m.live_elements(px)[1]
+        return out
 
 
 class Decoder(StageTree):
@@ -250,6 +280,9 @@ class StagedDecoder(nn.Module):
         super().__init__()
         self.fused = True
         self.attention_scores_budget = ATTENTION_SCORES_BUDGET
+        # Wide convs through mlx.nn's composition where it is faster and fits under the fused
+        # peak (Decoder.stages); None: on MLX's CUDA backend only.
+        self.compose_wide_convs: Optional[bool] = None
 
     def set_fused(self, flag: bool = True) -> "StagedDecoder":
         """Fused ops (True, the default) or the plain mlx.nn reference path (False)."""
@@ -263,11 +296,17 @@ class StagedDecoder(nn.Module):
             raise ValueError(f"z: expected NHWC latents [N, h, w, {self.latent_channels}] for this config, "
                              f"got {z.shape}")
 
-    def stages(self):
+    def stages(self, z: Optional[mx.array] = None):
+        """The decode's (name, fn) stages; for latents z (else one latent pixel) the wide convs'
+        path as decode() runs it."""
         for _, m in self.decoder.stage_modules():
             if hasattr(m, "scores_budget"):
                 m.scores_budget = self.attention_scores_budget
-        return self.decoder.stages(self.fused)
+        n, pixels = (z.shape[0], z.shape[1] * z.shape[2]) if z is not None else (1, 1)
+        compose = self.compose_wide_convs
+        if compose is None:
+            compose = mx.default_device() == mx.gpu and mx.cuda.is_available()
+        return self.decoder.stages(self.fused, pixels, n, compose)
 
     def check_memory(self, z: mx.array) -> None:
         """Refuses a decode whose analytic floor (the activations that must coexist; the
@@ -300,7 +339,7 @@ class StagedDecoder(nn.Module):
             h = h.astype(pqc.weight.dtype)
             h = _conv1x1(pqc, h) if self.fused else pqc(h)
         h = h.astype(self.decoder.conv_in.weight.dtype)
-        for name, stage in self.stages():
+        for name, stage in self.stages(h):
             h = stage(h)
             mx.eval(h)
             if on_stage is not None:
