@@ -148,6 +148,24 @@ def test_decoder_gpu_fused_matches_reference():
     assert normalized_error(fused, ref) <= 1e-4
 
 
+def test_decoder_gpu_composes_wide_convs_only_on_cuda():
+    """On MLX's CUDA backend the 512-channel stages run mlx.nn's composition (cuDNN convs,
+    ops.composition_is_faster); the decode matches the all-fused one."""
+    from fusedconv.config import VAEConfig
+    from fusedconv.vae import AutoencoderKLDecoder
+
+    cfg = VAEConfig(block_out_channels=(32, 64, 512, 512), layers_per_block=1, latent_channels=4, norm_num_groups=8)
+    dec = AutoencoderKLDecoder(cfg)
+    z = mx.random.normal((1, 9, 7, 4))
+    with mx.stream(mx.gpu):
+        composed = [name for name, fn in dec.stages(z) if fn.__name__ == "reference"]
+        assert bool(composed) == (GPU_BACKEND == "cuda"), composed
+        hybrid = dec(z)
+        dec.prefer_composition = lambda channels: False
+        fused = dec(z)
+    assert normalized_error(hybrid, fused) <= 1e-4
+
+
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=str)
 def test_decoder_gpu_matches_diffusers(tmp_path, dtype):
     pytest.importorskip("diffusers")

@@ -89,14 +89,16 @@ FLUX_1024_COMPOSED = ["mid_block.resnets.0", "mid_block.resnets.1", *(f"up_block
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_wide_convs_composed_only_when_asked_and_under_the_fused_peak(batch):
-    """compose_wide_convs (the default on MLX's CUDA backend only): a Flux decode at 1024^2 runs
-    the 512-channel resnets and upsamplers at 128^2 and 256^2 through mlx.nn (cuDNN there);
+    """Where wide convs prefer the composition (ops.composition_is_faster: 512 channels on MLX's
+    CUDA backend), a Flux decode at 1024^2 runs the 512-channel resnets and upsamplers at 128^2
+    and 256^2 through mlx.nn (cuDNN there);
     up_blocks.2.resnets.0 (512 -> 256 at 512^2) would outgrow the fused peak, so stays fused, as
     do the attention, conv_in, the narrower stages and the output head."""
     dec = AutoencoderKLDecoder(PRESETS["flux"])  # lazy: nothing allocated
     z = mx.zeros((batch, 128, 128, 16))
     assert {fn.__name__ for _, fn in dec.stages(z)} == {"fused"}  # not on MLX's CUDA backend
-    dec.compose_wide_convs = True
+    assert not any(ops.composition_is_faster(c, stream=mx.cpu) for c in (128, 512, 1024))
+    dec.prefer_composition = lambda channels: channels >= 512
     paths = {name: fn.__name__ for name, fn in dec.stages(z)}
     assert sorted(n for n, p in paths.items() if p == "reference") == sorted(FLUX_1024_COMPOSED)
     assert paths["mid_block.attentions.0"] == paths["up_blocks.2.resnets.0"] == "fused"
@@ -109,7 +111,7 @@ def test_decode_with_composed_wide_convs_matches_fused():
     dec = AutoencoderKLDecoder(cfg)
     z = mx.random.normal((1, 4, 5, 4), key=mx.random.key(3))
     want = dec(z)
-    dec.compose_wide_convs = True
+    dec.prefer_composition = lambda channels: channels >= 512
     assert any(fn.__name__ == "reference" for _, fn in dec.stages(z))
     got = dec(z)
     # f32 both ways: the composition's sums run in another order (~sqrt(9 C) * 2^-24 relative).

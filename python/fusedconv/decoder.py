@@ -16,14 +16,9 @@ import mlx.nn as nn
 
 from .config import VAEConfig
 from .nn import Conv3x3, GroupNorm
-from .ops import ATTENTION_SCORES_BUDGET, attention_bounded, linear
+from .ops import ATTENTION_SCORES_BUDGET, attention_bounded, composition_is_faster, linear
 
 EPS = 1e-6
-# On MLX's CUDA backend mx.conv2d is cuDNN, 2.5-3.5x this project's CUDA conv on an H200. With
-# 512 input channels the composition's extra GroupNorm / SiLU / upsample passes cost less than
-# that (its op times 0.6-0.8x the fused op's, 128^2-512^2 inputs); with 128-256 channels at
-# high resolution they cost more (1.1-2.4x). bench/reports/h200/2026-12-03/ops_1024_bfloat16.json.
-COMPOSED_MIN_CHANNELS = 512
 
 
 def _linear(layer: nn.Module, x: mx.array) -> mx.array:
@@ -208,18 +203,19 @@ class StageTree(nn.Module):
             peak = max(peak, live)
         return batch * peak
 
-    def stages(self, fused: bool, latent_pixels: int = 0, batch: int = 1, compose_wide: bool = False):
+    def stages(self, fused: bool, latent_pixels: int = 0, batch: int = 1,
+               prefer_composition: Callable[[int], bool] = lambda channels: False):
         """(name, fn) per stage: the one place where the fused or the reference path is chosen.
-        compose_wide (MLX's CUDA backend): the resnets and upsamplers of >= COMPOSED_MIN_CHANNELS
-        input channels run the reference forward (cuDNN convs) where its live set stays under
-        the fused decode's peak, so the decode's peak is unchanged."""
+        In the fused path, a resnet or upsampler whose input channels prefer_composition accepts
+        (ops.composition_is_faster: wide convs on MLX's CUDA backend) runs its reference forward
+        where that forward's live set stays under the fused decode's peak, so the peak holds."""
         peak = self.peak_live_elements(latent_pixels, batch)
         out, px = [], latent_pixels
         for name, m in self.stage_modules():
             composed = False
-            if fused and compose_wide and hasattr(m, "composed_live_elements"):
+            if fused and hasattr(m, "composed_live_elements"):
                 channels, live = m.composed_live_elements(px)
-                composed = channels >= COMPOSED_MIN_CHANNELS and batch * live <= peak
+                composed = batch * live <= peak and prefer_composition(channels)
             out.append((name, m.reference if composed or not fused else m.fused))
             px = m.live_elements(px)[1]
         return out
@@ -280,9 +276,9 @@ class StagedDecoder(nn.Module):
         super().__init__()
         self.fused = True
         self.attention_scores_budget = ATTENTION_SCORES_BUDGET
-        # Wide convs through mlx.nn's composition where it is faster and fits under the fused
-        # peak (Decoder.stages); None: on MLX's CUDA backend only.
-        self.compose_wide_convs: Optional[bool] = None
+        # Input channels -> whether a conv stage runs faster as mlx.nn's composition on the
+        # backend; taken where it fits under the fused peak (StageTree.stages).
+        self.prefer_composition: Callable[[int], bool] = composition_is_faster
 
     def set_fused(self, flag: bool = True) -> "StagedDecoder":
         """Fused ops (True, the default) or the plain mlx.nn reference path (False)."""
@@ -303,10 +299,7 @@ class StagedDecoder(nn.Module):
             if hasattr(m, "scores_budget"):
                 m.scores_budget = self.attention_scores_budget
         n, pixels = (z.shape[0], z.shape[1] * z.shape[2]) if z is not None else (1, 1)
-        compose = self.compose_wide_convs
-        if compose is None:
-            compose = mx.default_device() == mx.gpu and mx.cuda.is_available()
-        return self.decoder.stages(self.fused, pixels, n, compose)
+        return self.decoder.stages(self.fused, pixels, n, self.prefer_composition)
 
     def check_memory(self, z: mx.array) -> None:
         """Refuses a decode whose analytic floor (the activations that must coexist; the
