@@ -88,7 +88,7 @@ __device__ float activated(const Conv3x3Params& p, const T* x, const float* stat
   if (p.pixel_norm) a *= stats[pix];
   a = (a - cn.mean) * cn.scale + cn.shift;
   if (p.silu) a = a / (1.0f + __expf(-a));
-  return a;
+  return Elem<T>::load(Elem<T>::store(a));  // rounded to T, as the other backends and the reference
 }
 
 template <typename T>
