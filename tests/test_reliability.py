@@ -178,6 +178,8 @@ def test_the_memory_error_names_the_plans_that_fit():
         mx.set_memory_limit(old)
 
 
+@pytest.mark.skipif(mx.cuda.is_available(), reason="MLX's CUDA build cannot even import under the address-space "
+                    "limit this test sets (cudaMallocManaged fails at import; found on the H200 host)")
 def test_out_of_memory_in_a_primitive_is_a_memory_error_naming_op_and_bytes():
     """Was: a segfault writing through the null buffer MLX's allocator returned."""
     res = run_python("""
