@@ -53,7 +53,7 @@ void pack(const T* w, int o, int taps, int c, const Conv3x3Kernel& kernel, float
 // U = (g0, (g0 + g1 + g2)/2, (g0 - g1 + g2)/2, g2) of each kernel row g (conv3x3_winograd.inc).
 template <class T>
 void pack_winograd(const T* w, int o, int c, int kp, float* dst, int threads) {
-  pack_panels_of(o, 12, c, kp, dst, threads, [w, c](int oc, int tap, int ci) {
+  pack_panels_of(o, kWinogradTaps, c, kp, dst, threads, [w, c](int oc, int tap, int ci) {
     const T* g = w + (size_t(oc) * 3 + tap % 3) * 3 * c + ci;
     const float g0 = to_f32(g[0]), g1 = to_f32(g[c]), g2 = to_f32(g[2 * c]);
     switch (tap / 3) {
@@ -113,7 +113,7 @@ Conv3x3CpuPlan plan_conv3x3(const Conv3x3Params& p, DType dt, int threads, const
   plan.threads = std::max(1, std::min(threads, plan.units));
   const auto floats = [&](size_t elems) { return (elems * elem_bytes + 3) / 4; };
   const int sc_ld = round_up(p.shortcut_c, plan.kernel.k_align);
-  const int taps = plan.kernel.winograd ? 12 : 9;
+  const int taps = plan.kernel.winograd ? kWinogradTaps : 9;
   plan.packed_weight_floats = floats(size_t(ceil_div(p.o, kPanel)) * taps * ld * kPanel);
   plan.packed_shortcut_floats = floats(size_t(ceil_div(p.o, kPanel)) * sc_ld * kPanel);
   plan.norm_floats = p.groups || p.pixel_norm ? size_t(p.n) * 3 * p.c : 0;

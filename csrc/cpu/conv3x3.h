@@ -12,6 +12,10 @@
 
 namespace fusedconv::cpu {
 
+// Packed weight taps of Winograd F(2,3) along rows: 4 transformed taps per kernel row
+// (conv3x3_winograd.inc), against the kernel's 9.
+constexpr int kWinogradTaps = 12;
+
 // Input channels per pass over a strip (keeps the weight sub-panel cache-resident).
 // Even, so that a chunk never splits a bf16 channel pair.
 constexpr int kConvKChunk = 128;
