@@ -32,8 +32,13 @@ pytestmark = pytest.mark.skipif(NVCC is None, reason="needs nvcc (CUDA toolkit)"
 
 
 def default_architectures() -> list:
+    """As CMake spells them: "90", or "90a" for a cubin with the arch-specific features."""
     text = (ROOT / "CMakeLists.txt").read_text()
-    return [int(a) for a in re.search(r'set\(FUSEDCONV_CUDA_ARCHITECTURES "([0-9;]+)"', text).group(1).split(";")]
+    return re.search(r'set\(FUSEDCONV_CUDA_ARCHITECTURES "([0-9a;]+)"', text).group(1).split(";")
+
+
+def capability(arch: str) -> int:
+    return int(arch.rstrip("a"))
 
 
 def nvcc(args: list) -> subprocess.CompletedProcess:
@@ -61,13 +66,15 @@ def test_every_source_compiles_for_every_default_architecture(cubins):
         assert path.stat().st_size > 0, (module, arch)
 
 
-def test_tensor_core_kernel_keeps_its_accumulators_in_registers(cubins, plan_printer):
-    # On the architectures that run it (the others' blocks cannot have its shared memory).
-    mma_bytes = int(subprocess.run([str(plan_printer), "0"], capture_output=True, text=True,
+def test_tensor_core_kernels_keep_their_accumulators_in_registers(cubins, plan_printer):
+    # On the architectures that run them (the others' blocks cannot have their shared
+    # memory; the wgmma kernels are only in the sm_90a cubin).
+    mma_bytes = int(subprocess.run([str(plan_printer), "0", "0"], capture_output=True, text=True,
                                    check=True).stdout.split("\n")[0].split()[1])
-    for arch in (a for a in default_architectures() if SHARED_LIMIT[a] >= mma_bytes):
+    for arch in (a for a in default_architectures() if SHARED_LIMIT[capability(a)] >= mma_bytes):
         report = cubins[("conv3x3", arch)][1]
-        for kernel in (f"fc_conv3x3_mma_{dt}_{prologue}" for dt in ("bfloat16", "float16")
+        kinds = ("mma", "wgmma") if arch == "90a" else ("mma",)
+        for kernel in (f"fc_conv3x3_{kind}_{dt}_{prologue}" for kind in kinds for dt in ("bfloat16", "float16")
                        for prologue in ("act", "copy")):
             block = report.split(f"Compiling entry function '{kernel}'")[1].split("Compiling entry")[0]
             assert "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" in block, (arch, block)
@@ -81,7 +88,9 @@ using namespace fusedconv;
 using namespace fusedconv::cuda_plan;
 int main(int argc, char** argv) {
   const unsigned limit = unsigned(atoi(argv[1]));
+  const bool sm90a = atoi(argv[2]) != 0;
   printf("mma_shared_bytes %u\n", mma_shared_bytes());
+  printf("wgmma_shared_bytes %u\n", wgmma_shared_bytes());
   const KernelDType dtypes[] = {KernelDType::float32, KernelDType::float16, KernelDType::bfloat16};
   for (KernelDType dt : dtypes) {
     for (int o : {1, 3, 8, 9, 128, 512}) {
@@ -89,7 +98,7 @@ int main(int argc, char** argv) {
         for (int silu : {0, 1}) {
           for (bool aligned : {false, true}) {
             Conv3x3Params p{2, 17, 45, c, 34, 90, o, silu, 0, 2, silu, 1, 0, 0, 0};
-            KernelPlan k = plan_conv3x3(p, dt, limit, aligned);
+            KernelPlan k = plan_conv3x3(p, dt, limit, aligned, sm90a);
             printf("%s %s %u %u %u %u conv c=%d o=%d silu=%d aligned=%d\n", k.module.c_str(), k.name.c_str(),
                    k.blocks_x, k.blocks_y, k.threads, k.shared_bytes, c, o, silu, int(aligned));
           }
@@ -119,30 +128,34 @@ def plan_printer(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("arch", sorted(SHARED_LIMIT))
 def test_every_planned_kernel_exists_and_fits_the_architecture(cubins, plan_printer, arch):
     built = default_architectures()
-    # The cubin a device of this compute capability loads: the newest built of its major
-    # version (primitives_cuda.cpp), else the PTX.
-    same_major = [a for a in built if a // 10 == arch // 10 and a <= arch]
-    key = lambda m: (m, max(same_major)) if same_major else (m, "ptx")  # noqa: E731
-    lines = subprocess.run([str(plan_printer), str(SHARED_LIMIT[arch])], capture_output=True, text=True,
-                           check=True).stdout.split("\n")
-    mma_bytes = int(lines[0].split()[1])
-    planned = {tuple(line.split()[:6]) for line in lines[1:] if line}
+    # The cubin a device of this compute capability loads (primitives_cuda.cpp): the
+    # arch-specific one of exactly its capability, else the newest built of its major
+    # version, else the PTX.
+    same_major = [a for a in built if not a.endswith("a") and int(a) // 10 == arch // 10 and int(a) <= arch]
+    specific = f"{arch}a" in built
+    chosen = f"{arch}a" if specific else (max(same_major, key=int) if same_major else "ptx")
+    lines = subprocess.run([str(plan_printer), str(SHARED_LIMIT[arch]), str(int(arch == 90 and specific))],
+                           capture_output=True, text=True, check=True).stdout.split("\n")
+    mma_bytes, wgmma_bytes = int(lines[0].split()[1]), int(lines[1].split()[1])
+    planned = {tuple(line.split()[:6]) for line in lines[2:] if line}
     names = set()
     for module, name, bx, by, threads, shared in planned:
-        image = cubins[key(module)][0].read_bytes()
+        image = cubins[(module, chosen)][0].read_bytes()
         assert name.encode() + b"\0" in image, (arch, module, name)
         assert int(shared) <= SHARED_LIMIT[arch], (arch, name, shared)
         assert int(bx) * int(threads) < 2**31 and int(by) <= 65535
         names.add(name)
-    # The tensor-core kernels (with and without an activated input) where they fit, the
-    # CUDA-core kernel where they do not.
-    mma = {n for n in names if "_mma_" in n}
-    assert len(mma) == (4 if SHARED_LIMIT[arch] >= mma_bytes else 0), (arch, sorted(names))
-    # It copies 8-channel vectors: C % 8 != 0 or a misaligned x / w takes the CUDA-core kernel;
-    # without a norm or SiLU it copies the input as it is.
-    for line in (line for line in lines[1:] if " conv " in line):
+    # The tensor-core kernels (with and without an activated input) where they fit: wgmma on
+    # Hopper given the sm_90a cubin, else mma.sync; the CUDA-core kernel where neither fits.
+    tensor = {n for n in names if "mma_" in n}
+    kind = "_wgmma_" if arch == 90 and specific else "_mma_"
+    fits = SHARED_LIMIT[arch] >= (wgmma_bytes if kind == "_wgmma_" else mma_bytes)
+    assert len(tensor) == (4 if fits else 0) and all(kind in n for n in tensor), (arch, sorted(names))
+    # They copy 8-channel vectors: C % 8 != 0 or a misaligned x / w takes the CUDA-core kernel;
+    # without a norm or SiLU they copy the input as it is.
+    for line in (line for line in lines[2:] if " conv " in line):
         name, conv = line.split()[1], dict(kv.split("=") for kv in line.split(" conv ")[1].split())
-        if "_mma_" in name:
+        if "mma_" in name:
             assert int(conv["c"]) % 8 == 0 and conv["aligned"] == "1", line
             assert name.endswith("_act" if conv["silu"] == "1" else "_copy"), line
 

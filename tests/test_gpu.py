@@ -8,7 +8,7 @@ import gc
 import mlx.core as mx
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fusedconv
@@ -30,7 +30,21 @@ GPU_SHAPES = CONV_SHAPES + [
     (2, 5, 50, 48, 72, 16, 1, "shortcut"),
     (1, 2, 129, 21, 9, 3, 1, "none"),
     (1, 3, 9, 1040, 16, 8, 1, "residual"),
+    (1, 9, 130, 64, 256, 32, 1, "residual"),
+    (2, 5, 67, 48, 136, 16, 2, "shortcut"),
 ]
+# On CUDA the conv has two tensor-core kernels: wgmma where the sm_90a cubin runs (Hopper)
+# and mma.sync (other GPUs, or forced by FUSEDCONV_CUDA_WGMMA=0); on Hopper both are tested.
+CONV_KERNELS = ["default", "mma.sync"] if GPU_BACKEND == "cuda" else ["default"]
+
+
+@pytest.fixture(params=CONV_KERNELS)
+def conv_kernel(request, monkeypatch):
+    if request.param == "mma.sync":
+        monkeypatch.setenv("FUSEDCONV_CUDA_WGMMA", "0")
+    else:
+        monkeypatch.delenv("FUSEDCONV_CUDA_WGMMA", raising=False)
+    return request.param
 
 
 def conv(x, weight, kw, stream):
@@ -42,7 +56,7 @@ def conv(x, weight, kw, stream):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_conv3x3_gpu_matches_cpu(dtype, shape):
+def test_conv3x3_gpu_matches_cpu(dtype, shape, conv_kernel):
     n, h, w, c, o, groups, up, tail = shape
     x, weight, kw = conv_case(hash(shape) % 1000, dtype, n, h, w, c, o, groups, up, tail=tail)
     assert normalized_error(conv(x, weight, kw, mx.gpu), conv(x, weight, kw, mx.cpu)) <= TOL[dtype]
@@ -51,7 +65,7 @@ def test_conv3x3_gpu_matches_cpu(dtype, shape):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", [(1, 3, 37, 20, 40, 0, 2, "residual"), (2, 2, 140, 16, 3, 0, 1, "shortcut")],
                          ids=lambda s: "x".join(map(str, s)))
-def test_pixel_norm_conv3x3_gpu_matches_cpu(dtype, shape):
+def test_pixel_norm_conv3x3_gpu_matches_cpu(dtype, shape, conv_kernel):
     n, h, w, c, o, _, up, tail = shape
     x, weight, kw = conv_case(hash(shape) % 1000, dtype, n, h, w, c, o, 1, up, tail=tail, pixel_norm=True)
     assert normalized_error(conv(x, weight, kw, mx.gpu), conv(x, weight, kw, mx.cpu)) <= TOL[dtype]
@@ -73,9 +87,10 @@ def conv_calls(draw):
     return dtype, x, weight, kw
 
 
-@settings(max_examples=60, deadline=None)
+# (The fixture sets the kernel once for all examples, which is what is meant.)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(conv_calls())
-def test_conv3x3_gpu_matches_cpu_fuzz(call):
+def test_conv3x3_gpu_matches_cpu_fuzz(conv_kernel, call):
     dtype, x, weight, kw = call
     assert normalized_error(conv(x, weight, kw, mx.gpu), conv(x, weight, kw, mx.cpu)) <= TOL[dtype]
 

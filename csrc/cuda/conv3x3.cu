@@ -142,17 +142,18 @@ struct Tile {
   int n, y0, x0, o0;
 };
 
+template <int TR = cp::kTileRows, int TC = cp::kTileCols>
 __device__ inline bool tile_of_block(const Conv3x3Params& p, int tn, Tile& t) {
-  const int tiles_x = (p.wo + cp::kTileCols - 1) / cp::kTileCols, tiles_y = (p.ho + cp::kTileRows - 1) / cp::kTileRows;
+  const int tiles_x = (p.wo + TC - 1) / TC, tiles_y = (p.ho + TR - 1) / TR;
   const int oblocks = (p.o + tn - 1) / tn;
   i64 b = linear_block();
   if (b >= i64(p.n) * tiles_y * tiles_x * oblocks) return false;
   // Output-channel blocks vary fastest: the blocks that share an input patch run together.
   t.o0 = int(b % oblocks) * tn;
   b /= oblocks;
-  t.x0 = int(b % tiles_x) * cp::kTileCols;
+  t.x0 = int(b % tiles_x) * TC;
   b /= tiles_x;
-  t.y0 = int(b % tiles_y) * cp::kTileRows;
+  t.y0 = int(b % tiles_y) * TR;
   t.n = int(b / tiles_y);
   return true;
 }
@@ -172,9 +173,13 @@ __device__ inline void cp_async_wait_group() {
 }
 __device__ inline void cp_async_wait_all() { cp_async_wait_group<0>(); }
 
+// The exponential as one MUFU.EX2, flushing denormal results (where exp(-a) is that small,
+// a / (1 + e) is a to the last bit anyway); __expf adds a range fix-up of three instructions.
 template <typename T>
 __device__ inline float silu(float a) {
-  return __fdividef(a, 1.0f + __expf(-a));
+  float e;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(e) : "f"(a * -1.4426950408889634f));
+  return __fdividef(a, 1.0f + e);
 }
 
 // A channel's norm as one FMA on the (pixel-scaled) input: the mean folded into the
@@ -189,6 +194,20 @@ struct NormTable {
 union Raw8 {
   uint4 bits;
   uint16_t h[8];
+};
+
+// Where the 8-channel vector (k8: its first channel within the chunk) of halo pixel hp
+// sits in a shared-memory buffer, in elements: hp * PIXEL + (k8 / 8) * VEC.
+template <int PIXEL, int VEC>
+struct PixelLayout {
+  __device__ static int at(int hp, int k8) { return hp * PIXEL + (k8 / 8) * VEC; }
+};
+
+// Where the 8-channel vector of output channel nn (of the block's), tap `tap` sits in a
+// weight buffer: tap * TAP + nn * ROW + (k8 / 8) * VEC.
+template <int TAP, int ROW, int VEC>
+struct WeightLayout {
+  __device__ static int at(int tap, int nn, int k8) { return tap * TAP + nn * ROW + (k8 / 8) * VEC; }
 };
 
 // The halo staging of one thread: which 8-channel vectors of the (rows + 2) x (cols + 2)
@@ -232,22 +251,22 @@ struct MmaHalo {
   }
 
   // Chunk c0's raw input, zeros outside the image, past C and where `live` is false, into
-  // dst: the staging buffer (row stride BK) or a halo buffer (row stride LDS).
-  template <int DST_STRIDE>
+  // dst (a staging or halo buffer laid out by DST).
+  template <typename DST>
   __device__ void copy(const Conv3x3Params& p, const T* x, int c0, bool live, T* dst) const {
 #pragma unroll
     for (int i = 0; i < PER_THREAD; ++i) {
       if (!in_halo(i)) continue;
       const bool valid = live && vec[i] != kPadding && c0 + k8 < p.c;
-      cp_async16(dst + pixel(i) * DST_STRIDE + k8, valid ? image + i64(vec[i]) * 8 + c0 : x, valid);
+      cp_async16(dst + DST::at(pixel(i), k8), valid ? image + i64(vec[i]) * 8 + c0 : x, valid);
     }
-    cp_async_commit();
   }
 
   // Activates chunk c0 from the staging buffer (this thread's own vectors) into a halo
-  // buffer [HR][HC][LDS]: the norm as one FMA, SiLU, then the zero padding. (SiLU is
-  // computed and then selected: one instance of this loop keeps the registers in bounds;
-  // a norm without SiLU is rare.)
+  // buffer: the norm as one FMA, SiLU, then the zero padding. (SiLU is computed and then
+  // selected: one instance of this loop keeps the registers in bounds; a norm without SiLU
+  // is rare.)
+  template <typename STAGED, typename HALO>
   __device__ void activate(const Conv3x3Params& p, const NormTable& norm, const float* pixel_stats, int c0,
                            const T* staged, T* halo) const {
     float scale[8], shift[8];
@@ -259,25 +278,25 @@ struct MmaHalo {
     for (int i = 0; i < PER_THREAD; ++i) {
       if (!in_halo(i)) continue;
       Raw8 v;
-      v.bits = *reinterpret_cast<const uint4*>(staged + pixel(i) * BK + k8);
+      v.bits = *reinterpret_cast<const uint4*>(staged + STAGED::at(pixel(i), k8));
       const float pixel_stat = pixel_stats[pixel(i)];
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
         float a = fmaf(Elem<T>::from_bits(v.h[k]), pixel_stat * scale[k], shift[k]);
-        a = p.silu ? silu<T>(a) : a;
-        v.h[k] = Elem<T>::to_bits(vec[i] != kPadding ? a : 0.0f);
+        v.h[k] = Elem<T>::to_bits(p.silu ? silu<T>(a) : a);
       }
-      *reinterpret_cast<uint4*>(halo + pixel(i) * cp::kMmaRowStride + k8) = v.bits;
+      if (vec[i] == kPadding) v.bits = make_uint4(0, 0, 0, 0);  // the zero padding, a word at a time
+      *reinterpret_cast<uint4*>(halo + HALO::at(pixel(i), k8)) = v.bits;
     }
   }
 };
 
-// Weights of chunk c0, [tap][TN][LDS], by cp.async (zero-filled past O or C, and when
-// `live` is false). Rows r = o_local * 9 + tap of the block's output channels are
+// Weights of chunk c0 by cp.async into wt (laid out by WT; zero-filled past O or C, and
+// when `live` is false). Rows r = o_local * 9 + tap of the block's output channels are
 // contiguous in w ([O][3][3][C]).
-template <typename T, int TN, int BK, int NT>
+template <typename T, int TN, int BK, int NT, typename WT>
 __device__ void stage_weights(const Conv3x3Params& p, const T* w, int o0, int c0, bool live, T* wt) {
-  constexpr int LDS = cp::kMmaRowStride, VECS = 9 * TN * (BK / 8), ROWS_PER_PASS = NT / (BK / 8);
+  constexpr int VECS = 9 * TN * (BK / 8), ROWS_PER_PASS = NT / (BK / 8);
   static_assert(VECS % NT == 0, "every thread stages the same number of vectors");
   const int k8 = (threadIdx.x % (BK / 8)) * 8, r0 = threadIdx.x / (BK / 8);
   const int rows = (p.o - o0 < TN ? p.o - o0 : TN) * 9;
@@ -288,9 +307,8 @@ __device__ void stage_weights(const Conv3x3Params& p, const T* w, int o0, int c0
   for (int i = 0; i < VECS / NT; ++i, src += pass_stride) {
     const int r = r0 + i * ROWS_PER_PASS, nn = r / 9, tap = r - nn * 9;
     const bool valid = channels && r < rows;
-    cp_async16(wt + (tap * TN + nn) * LDS + k8, valid ? src : w, valid);
+    cp_async16(wt + WT::at(tap, nn, k8), valid ? src : w, valid);
   }
-  cp_async_commit();
 }
 
 // One k16 step of a warp's 64 x 64 tile: A fragments from four 16-row blocks (a[mi]: this
@@ -318,6 +336,59 @@ __device__ inline void warp_mma_k16(float (&acc)[4][8][4], const uint32_t (&a)[4
 
 __device__ inline bool aligned(const void* ptr, int bytes) { return (uintptr_t(ptr) & (bytes - 1)) == 0; }
 
+// The epilogue from registers, by the accumulator layout of m16n8 fragments acc[MI][NI]:
+// the lane holds rows lane / 4 and + 8, columns 2 * (lane % 4) and + 1 of each (channel
+// pairs where O is even). tile_pixel(mi, half) is the tile (row, column) of the lane's
+// row `half` of fragment row mi; fragment column ni holds channels o_base + 8 * ni...
+template <typename T, int MI, int NI, typename TilePixel>
+__device__ void store_fragments(const Conv3x3Params& p, const Tile& t, float (&acc)[MI][NI][4], TilePixel tile_pixel,
+                                int o_base, T* __restrict__ out, const T* __restrict__ bias,
+                                const T* __restrict__ residual, const T* __restrict__ shortcut_bias) {
+  const int lane = threadIdx.x % 32;
+  const bool pairs = p.o % 2 == 0 && aligned(out, 4) && (!p.has_residual || aligned(residual, 4)) &&
+                     (!p.has_bias || aligned(bias, 4)) && (!p.has_shortcut_bias || aligned(shortcut_bias, 4));
+  const auto channel = [&](int ni) { return o_base + ni * 8 + (lane % 4) * 2; };  // of pair ni
+  // f(pix, ni, o, v0, v1) for each channel pair of this lane inside the image and below O.
+  const auto for_each_pair = [&](auto f) {
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int2 rc = tile_pixel(mi, half);
+        const int yy = t.y0 + rc.x, xx = t.x0 + rc.y;
+        if (yy >= p.ho || xx >= p.wo) continue;
+        const i64 pix = (i64(t.n) * p.ho + yy) * p.wo + xx;
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni) {
+          if (channel(ni) < p.o) f(pix, ni, channel(ni), acc[mi][ni][half * 2], acc[mi][ni][half * 2 + 1]);
+        }
+      }
+  };
+  if (!pairs) {
+    for_each_pair([&](i64 pix, int, int o, float v0, float v1) {
+      store_output(p, out, bias, residual, shortcut_bias, pix, o, v0);
+      if (o + 1 < p.o) store_output(p, out, bias, residual, shortcut_bias, pix, o + 1, v1);
+    });
+    return;
+  }
+  // Every addend is added before the first store: a load after a store would wait out the
+  // memory latency each time (the compiler must assume the store changed what it reads).
+  const auto add_word = [](const T* src, float& v0, float& v1) {
+    const uint32_t bits = *reinterpret_cast<const uint32_t*>(src);
+    v0 += Elem<T>::from_bits(uint16_t(bits & 0xffff));
+    v1 += Elem<T>::from_bits(uint16_t(bits >> 16));
+  };
+  for_each_pair([&](i64 pix, int, int o, float& v0, float& v1) {
+    if (p.has_bias) add_word(bias + o, v0, v1);
+    if (p.has_shortcut_bias) add_word(shortcut_bias + o, v0, v1);
+    if (p.has_residual) add_word(residual + pix * p.o + o, v0, v1);
+  });
+  for_each_pair([&](i64 pix, int, int o, float v0, float v1) {
+    *reinterpret_cast<uint32_t*>(out + pix * p.o + o) =
+        uint32_t(Elem<T>::to_bits(v0)) | (uint32_t(Elem<T>::to_bits(v1)) << 16);
+  });
+}
+
 // The tensor-core conv (C % 8 == 0, x and w 16-byte aligned: every staged vector is one
 // cp.async), with ACT (a norm or SiLU to apply to the input) or without.
 template <typename T, bool ACT>
@@ -332,6 +403,9 @@ __device__ void conv3x3_mma(const T* __restrict__ x, const T* __restrict__ w, co
   constexpr int HALO_ELEMS = Halo::HR * Halo::HC * LDS, WT_ELEMS = 9 * TN * LDS;
   static_assert(BK == 16, "one m16n8k16 step per tap and chunk");
   static_assert(TM == 256 && NT == 256, "8 warps of 64 x 64 cover the 256 x 128 tile");
+  typedef PixelLayout<BK, 8> Staged;                // [HR * HC][BK]
+  typedef PixelLayout<LDS, 8> HaloRows;             // [HR][HC][LDS]
+  typedef WeightLayout<TN * LDS, LDS, 8> WeightRows;  // [tap][TN][LDS]
   // Dynamic shared memory (sized by the plan): two halo buffers [HR][HC][LDS], two weight
   // buffers [tap][TN][LDS], the norm's scale and shift per input channel, the staging
   // buffer of a chunk's raw input, the halo pixels' per-pixel norm statistic.
@@ -377,12 +451,13 @@ __device__ void conv3x3_mma(const T* __restrict__ x, const T* __restrict__ w, co
   Halo halo_in;
   halo_in.init(p, x, stats, t, pixel_stats);
   // The first chunk: copied, then (after the norm table is complete) activated.
-  stage_weights<T, TN, BK, NT>(p, w, t.o0, 0, true, wt_bufs);
-  if (ACT) halo_in.template copy<BK>(p, x, 0, true, staged);
-  else halo_in.template copy<LDS>(p, x, 0, true, halo_bufs);
+  stage_weights<T, TN, BK, NT, WeightRows>(p, w, t.o0, 0, true, wt_bufs);
+  if (ACT) halo_in.template copy<Staged>(p, x, 0, true, staged);
+  else halo_in.template copy<HaloRows>(p, x, 0, true, halo_bufs);
+  cp_async_commit();
   cp_async_wait_all();
   __syncthreads();
-  if (ACT) halo_in.activate(p, norm, pixel_stats, 0, staged, halo_bufs);
+  if (ACT) halo_in.template activate<Staged, HaloRows>(p, norm, pixel_stats, 0, staged, halo_bufs);
   __syncthreads();
 
   for (int chunk = 0; chunk < chunks; ++chunk) {
@@ -392,9 +467,11 @@ __device__ void conv3x3_mma(const T* __restrict__ x, const T* __restrict__ w, co
     // The next chunk's input and weights are copied while the tensor cores work on this
     // one (the input first: its group is the one waited for halfway); on the last chunk
     // the spare buffers receive zeros.
-    if (ACT) halo_in.template copy<BK>(p, x, c_next, more, staged);
-    else halo_in.template copy<LDS>(p, x, c_next, more, halo_next);
-    stage_weights<T, TN, BK, NT>(p, w, t.o0, c_next, more, wt_bufs + (1 - cur) * WT_ELEMS);
+    if (ACT) halo_in.template copy<Staged>(p, x, c_next, more, staged);
+    else halo_in.template copy<HaloRows>(p, x, c_next, more, halo_next);
+    cp_async_commit();
+    stage_weights<T, TN, BK, NT, WeightRows>(p, w, t.o0, c_next, more, wt_bufs + (1 - cur) * WT_ELEMS);
+    cp_async_commit();
     const uint32_t halo = smem_address(halo_bufs + cur * HALO_ELEMS) + a_lane;
     const uint32_t wt = smem_address(wt_bufs + cur * WT_ELEMS) + b_lane;
     const auto taps = [&](auto first, auto last) {
@@ -411,7 +488,7 @@ __device__ void conv3x3_mma(const T* __restrict__ x, const T* __restrict__ w, co
       // Halfway through the taps the next input has landed: activating it here overlaps
       // the SiLU with the tensor cores' queue.
       cp_async_wait_group<1>();
-      halo_in.activate(p, norm, pixel_stats, more ? c_next : 0, staged, halo_next);
+      halo_in.template activate<Staged, HaloRows>(p, norm, pixel_stats, more ? c_next : 0, staged, halo_next);
     }
     taps(std::integral_constant<int, 5>(), std::integral_constant<int, 9>());
     cp_async_wait_all();
@@ -439,57 +516,257 @@ __device__ void conv3x3_mma(const T* __restrict__ x, const T* __restrict__ w, co
     __syncthreads();
   }
 
-  // Epilogue from registers by the accumulator layout: lane holds rows lane / 4 (+ 8),
-  // columns 2 * (lane % 4) (+ 1) of each 16 x 8 fragment: channel pairs where O is even.
-  const bool pairs = p.o % 2 == 0 && aligned(out, 4) && (!p.has_residual || aligned(residual, 4)) &&
-                     (!p.has_bias || aligned(bias, 4)) && (!p.has_shortcut_bias || aligned(shortcut_bias, 4));
-  const auto channel = [&](int ni) { return t.o0 + wn + ni * 8 + (lane % 4) * 2; };  // of pair ni
-  // f(pix, ni, o, v0, v1) for each channel pair of this lane inside the image and below O.
-  const auto for_each_pair = [&](auto f) {
-#pragma unroll
-    for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int m = wm + mi * 16 + lane / 4 + half * 8, yy = t.y0 + m / TC, xx = t.x0 + m % TC;
-        if (yy >= p.ho || xx >= p.wo) continue;
-        const i64 pix = (i64(t.n) * p.ho + yy) * p.wo + xx;
-#pragma unroll
-        for (int ni = 0; ni < 8; ++ni) {
-          if (channel(ni) < p.o) f(pix, ni, channel(ni), acc[mi][ni][half * 2], acc[mi][ni][half * 2 + 1]);
-        }
-      }
-  };
-  if (!pairs) {
-    for_each_pair([&](i64 pix, int, int o, float v0, float v1) {
-      store_output(p, out, bias, residual, shortcut_bias, pix, o, v0);
-      if (o + 1 < p.o) store_output(p, out, bias, residual, shortcut_bias, pix, o + 1, v1);
-    });
-    return;
-  }
-  // Every addend is added before the first store: a load after a store would wait out the
-  // memory latency each time (the compiler must assume the store changed what it reads).
-  const auto add_word = [](const T* src, float& v0, float& v1) {
-    const uint32_t bits = *reinterpret_cast<const uint32_t*>(src);
-    v0 += Elem<T>::from_bits(uint16_t(bits & 0xffff));
-    v1 += Elem<T>::from_bits(uint16_t(bits >> 16));
-  };
-  float bias_pair[8][2] = {};  // bias + shortcut bias of this lane's channel pairs
-#pragma unroll
-  for (int ni = 0; ni < 8; ++ni) {
-    const int o = channel(ni);
-    if (o < p.o && p.has_bias) add_word(bias + o, bias_pair[ni][0], bias_pair[ni][1]);
-    if (o < p.o && p.has_shortcut_bias) add_word(shortcut_bias + o, bias_pair[ni][0], bias_pair[ni][1]);
-  }
-  for_each_pair([&](i64 pix, int ni, int o, float& v0, float& v1) {
-    v0 += bias_pair[ni][0];
-    v1 += bias_pair[ni][1];
-    if (p.has_residual) add_word(residual + pix * p.o + o, v0, v1);
-  });
-  for_each_pair([&](i64 pix, int, int o, float v0, float v1) {
-    *reinterpret_cast<uint32_t*>(out + pix * p.o + o) =
-        uint32_t(Elem<T>::to_bits(v0)) | (uint32_t(Elem<T>::to_bits(v1)) << 16);
-  });
+  // This warp's 64 x 64 corner: fragment row mi is tile pixel wm + 16 * mi (+ lane / 4 ...).
+  store_fragments<T>(p, t, acc, [&](int mi, int half) {
+    const int m = wm + mi * 16 + (threadIdx.x % 32) / 4 + half * 8;
+    return int2{m / TC, m % TC};
+  }, t.o0 + wn, out, bias, residual, shortcut_bias);
 }
+
+// ---- Hopper tensor cores (wgmma, sm_90a) ---------------------------------------------
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// A shared-memory matrix descriptor of wgmma's no-swizzle K-major layout: core matrices of
+// 8 rows x 16 bytes with rows 16 bytes apart, consecutive 8-row groups (M or N) 128 bytes
+// apart, the two 8-element K halves of a k16 step `k_stride` bytes apart. Addresses and
+// strides in 16-byte units; any 16-byte aligned start works (no swizzle pattern to keep),
+// which is what lets a tap's A operand start one halo pixel further on.
+__device__ inline uint64_t wgmma_descriptor(uint32_t address, uint32_t k_stride) {
+  return uint64_t((address >> 4) & 0x3fff) | uint64_t((k_stride >> 4) & 0x3fff) << 16 | uint64_t(128 >> 4) << 32;
+}
+
+// d (64 x 128, f32, the m16n8 fragment layout per warp: warp w of the group holds rows
+// 16 w..) += A (64 x 16 from descriptor a) * B^T (128 x 16 from descriptor b), issued
+// asynchronously by the warpgroup.
+template <typename T>
+__device__ inline void wgmma_m64n128k16(float (&d)[16][4], uint64_t a, uint64_t b);
+
+template <>
+__device__ inline void wgmma_m64n128k16<__nv_bfloat16>(float (&d)[16][4], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+      "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+      "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+      "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+      "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+      "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+      "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+      "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]),
+      "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
+      "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]),
+      "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]),
+      "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
+      "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]),
+      "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]),
+      "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
+      "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
+      : "l"(a), "l"(b), "r"(1));
+}
+
+template <>
+__device__ inline void wgmma_m64n128k16<__half>(float (&d)[16][4], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+      "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+      "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+      "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+      "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+      "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+      "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+      "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]),
+      "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
+      "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]),
+      "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]),
+      "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
+      "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]),
+      "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]),
+      "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
+      "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
+      : "l"(a), "l"(b), "r"(1));
+}
+
+// Orders this thread's register accesses to the accumulators before the next wgmma.
+__device__ inline void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ inline void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int PENDING>
+__device__ inline void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(PENDING) : "memory");
+}
+// Makes this thread's shared-memory writes (stores, landed cp.async) visible to the
+// tensor cores' async proxy; a barrier then publishes them to the warpgroups.
+__device__ inline void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// The accumulators as register operands the compiler must keep where they are (the
+// tensor cores write them asynchronously between issue and wait).
+template <int MI>
+__device__ inline void fence_accumulators(float (&acc)[MI][16][4]) {
+#pragma unroll
+  for (int i = 0; i < MI; ++i)
+#pragma unroll
+    for (int j = 0; j < 16; ++j)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) asm volatile("" : "+f"(acc[i][j][k])::"memory");
+}
+
+// The Hopper conv (same inputs as conv3x3_mma): a block of two warpgroups computes
+// kWgmmaTileRows x kWgmmaTileCols output pixels x kWgmmaTileN channels; warpgroup g owns
+// tile rows 2g and 2g + 1, an m64n128 accumulator each. The halo is kept K-major by
+// 8-channel halves ([half][pixel][8]), so the A operand of tap (ky, kx) for output row r
+// is the 64 halo pixels from (r + ky, kx) on: one descriptor, no copy per tap. The weights
+// are [tap][half][o][8]. Chunks of 16 channels go through kWgmmaStages buffers: while the
+// tensor cores run chunk i, the threads activate chunk i + 1 (landed by cp.async during
+// chunk i - 1) and copy chunk i + 2. (A warp-specialized variant - one producer
+// warpgroup copying and activating for two consumers - ran 1.4x slower on an H200: the
+// producer's SiLU was the bottleneck, with one producer warp per scheduler.)
+template <typename T, bool ACT>
+__device__ void conv3x3_wgmma(const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ stats,
+                              const T* __restrict__ gamma, const T* __restrict__ beta, const T* __restrict__ bias,
+                              const T* __restrict__ residual, const T* __restrict__ shortcut_x,
+                              const T* __restrict__ shortcut_w, const T* __restrict__ shortcut_bias,
+                              T* __restrict__ out, const Conv3x3Params& p) {
+  constexpr int TR = cp::kWgmmaTileRows, TC = cp::kWgmmaTileCols, TM = TR * TC, TN = cp::kWgmmaTileN;
+  constexpr int BK = cp::kMmaBK, NT = cp::kWgmmaThreads, STAGES = cp::kWgmmaStages;
+  typedef MmaHalo<T, TR, TC, BK, NT> Halo;
+  constexpr int HALO_ELEMS = Halo::PIXELS * BK, WT_ELEMS = 9 * TN * BK;
+  static_assert(BK == 16 && TC == 64 && TN == 128 && TR * 64 == NT, "a warpgroup: two rows of m64n128k16");
+  typedef PixelLayout<BK, 8> Staged;                          // [pixel][BK]
+  typedef PixelLayout<8, Halo::PIXELS * 8> HaloKMajor;        // [half][pixel][8]
+  typedef WeightLayout<TN * BK, 8, TN * 8> WeightKMajor;      // [tap][half][o][8]
+  // Dynamic shared memory (sized by the plan): the halo and weight stages, the norm's
+  // scale and shift per input channel, two staging buffers of raw input, the halo pixels'
+  // per-pixel norm statistic.
+  extern __shared__ __align__(16) unsigned char smem[];  // (one declaration: the same alignment as the others)
+  T* const halo_bufs = reinterpret_cast<T*>(smem);       // stage s at + s * HALO_ELEMS
+  T* const wt_bufs = halo_bufs + STAGES * HALO_ELEMS;     // stage s at + s * WT_ELEMS
+  float* const norm_floats = reinterpret_cast<float*>(wt_bufs + STAGES * WT_ELEMS);
+  const NormTable norm{norm_floats, norm_floats + cp::kMmaMaxNormChannels};
+  T* const staged = reinterpret_cast<T*>(norm_floats + 2 * cp::kMmaMaxNormChannels);  // 2 x [pixel][BK]
+  float* const pixel_stats = reinterpret_cast<float*>(staged + 2 * HALO_ELEMS);      // [pixel]
+
+  Tile t;
+  if (!tile_of_block<TR, TC>(p, TN, t)) return;
+  const int tid = threadIdx.x, group = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+  float acc[2][16][4];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 16; ++j)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.0f;
+
+  const int chunks = (p.c + BK - 1) / BK;
+  if (ACT) {
+    for (int c = tid; c < chunks * BK; c += NT) {
+      const ChannelNorm cn = channel_norm(p, stats, gamma, beta, t.n, c);
+      norm.scale[c] = c < p.c ? cn.scale : 0.0f;
+      norm.shift[c] = c < p.c ? cn.shift - cn.mean * cn.scale : 0.0f;
+    }
+  }
+  Halo halo_in;
+  halo_in.init(p, x, stats, t, pixel_stats);
+  // Chunk i's copies: its raw input to staging buffer i % 2 (or, without activation,
+  // straight into its halo stage) and its weights, as one cp.async group.
+  const auto load = [&](int chunk) {
+    if (ACT) halo_in.template copy<Staged>(p, x, chunk * BK, true, staged + (chunk % 2) * HALO_ELEMS);
+    else halo_in.template copy<HaloKMajor>(p, x, chunk * BK, true, halo_bufs + (chunk % STAGES) * HALO_ELEMS);
+    stage_weights<T, TN, BK, NT, WeightKMajor>(p, w, t.o0, chunk * BK, true, wt_bufs + (chunk % STAGES) * WT_ELEMS);
+  };
+  const auto activate = [&](int chunk) {
+    halo_in.template activate<Staged, HaloKMajor>(p, norm, pixel_stats, chunk * BK, staged + (chunk % 2) * HALO_ELEMS,
+                                                  halo_bufs + (chunk % STAGES) * HALO_ELEMS);
+  };
+  load(0);
+  cp_async_commit();
+  if (chunks > 1) load(1);
+  cp_async_commit();
+  cp_async_wait_group<1>();  // chunk 0
+  __syncthreads();           // the norm table and the pixel statistics
+  if (ACT) activate(0);
+  fence_async_shared();
+  __syncthreads();
+
+  // This warpgroup's A operand: halo row 2 * group (+ rr + ky), pixel kx on. The chunk
+  // loop is unrolled by stage, so every descriptor is a base plus a constant.
+  constexpr uint32_t HALO_BYTES = HALO_ELEMS * sizeof(T), WT_BYTES = WT_ELEMS * sizeof(T);
+  const uint64_t a_desc = wgmma_descriptor(smem_address(halo_bufs) + 2 * group * Halo::HC * 16, Halo::PIXELS * 16);
+  const uint64_t b_desc = wgmma_descriptor(smem_address(wt_bufs), TN * 16);
+  const auto step = [&](int chunk, auto stage_constant) {
+    constexpr int stage = decltype(stage_constant)::value;
+    wgmma_fence();
+#pragma unroll
+    for (int tap = 0; tap < 9; ++tap)
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+        constexpr uint32_t a_stage = stage * HALO_BYTES / 16, b_stage = stage * WT_BYTES / 16;
+        wgmma_m64n128k16<T>(acc[rr], a_desc + a_stage + (rr + tap / 3) * Halo::HC + tap % 3,
+                            b_desc + b_stage + tap * TN * BK * sizeof(T) / 16);
+      }
+    wgmma_commit();
+    if (chunk + 1 < chunks) {
+      cp_async_wait_all();  // chunk + 1, copied during the previous chunk
+      if (ACT) activate(chunk + 1);
+    }
+    wgmma_wait<1>();  // chunk - 1: its stage is free once every warpgroup is past here
+    fence_async_shared();
+    __syncthreads();
+    if (chunk + 2 < chunks) load(chunk + 2);
+    cp_async_commit();
+  };
+  static_assert(STAGES == 3, "the loop below steps through three stages");
+  fence_accumulators(acc);
+  for (int chunk = 0; chunk < chunks; chunk += STAGES) {
+    step(chunk, std::integral_constant<int, 0>());
+    if (chunk + 1 < chunks) step(chunk + 1, std::integral_constant<int, 1>());
+    if (chunk + 2 < chunks) step(chunk + 2, std::integral_constant<int, 2>());
+  }
+  wgmma_wait<0>();
+  fence_accumulators(acc);
+
+  // A resnet's 1x1 shortcut: acc += shortcut_x[pixels] (TM x Cs) * shortcut_w^T (Cs x TN),
+  // the tile's pixels [half][TM][8] and the weights [half][TN][8] in stage 0. (Not
+  // unrolled: with the accumulators live, unrolled copies spilled.)
+  __syncthreads();
+  T* as = halo_bufs;
+  T* bs = wt_bufs;
+#pragma unroll 1
+  for (int c0 = 0; c0 < p.shortcut_c; c0 += BK) {
+#pragma unroll 1
+    for (int u = tid; u < TM * BK; u += NT) {
+      const int k = u % BK, m = u / BK, yy = t.y0 + m / TC, xx = t.x0 + m % TC, c = c0 + k;
+      as[(k / 8) * TM * 8 + m * 8 + k % 8] = (c < p.shortcut_c && yy < p.ho && xx < p.wo)
+                                                ? shortcut_x[((i64(t.n) * p.ho + yy) * p.wo + xx) * p.shortcut_c + c]
+                                                : Elem<T>::store(0.0f);
+    }
+    for (int u = tid; u < TN * BK; u += NT) {
+      const int k = u % BK, nn = u / BK, o = t.o0 + nn, c = c0 + k;
+      bs[(k / 8) * TN * 8 + nn * 8 + k % 8] =
+          (c < p.shortcut_c && o < p.o) ? shortcut_w[i64(o) * p.shortcut_c + c] : Elem<T>::store(0.0f);
+    }
+    fence_async_shared();
+    __syncthreads();
+    wgmma_fence();
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      wgmma_m64n128k16<T>(acc[rr], wgmma_descriptor(smem_address(as + (2 * group + rr) * TC * 8), TM * 16),
+                          wgmma_descriptor(smem_address(bs), TN * 16));
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_accumulators(acc);
+    __syncthreads();
+  }
+
+  // Fragment row rr of warp w is tile row 2 * group + rr, columns 16 w + lane / 4 (+ 8).
+  store_fragments<T>(p, t, acc, [&](int rr, int half) {
+    return int2{2 * group + rr, 16 * warp + lane / 4 + half * 8};
+  }, t.o0, out, bias, residual, shortcut_bias);
+}
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
 // ---- CUDA cores -------------------------------------------------------------------
 
@@ -589,6 +866,14 @@ FC_CONV_KERNEL(fc_conv3x3_mma_bfloat16_copy, __nv_bfloat16, (conv3x3_mma<__nv_bf
 FC_CONV_KERNEL(fc_conv3x3_mma_bfloat16_act, __nv_bfloat16, (conv3x3_mma<__nv_bfloat16, true>), FC_MMA_BOUNDS)
 FC_CONV_KERNEL(fc_conv3x3_mma_float16_copy, __half, (conv3x3_mma<__half, false>), FC_MMA_BOUNDS)
 FC_CONV_KERNEL(fc_conv3x3_mma_float16_act, __half, (conv3x3_mma<__half, true>), FC_MMA_BOUNDS)
+// Only in the sm_90a cubin: wgmma is specific to that architecture.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define FC_WGMMA_BOUNDS (cp::kWgmmaThreads, 1)
+FC_CONV_KERNEL(fc_conv3x3_wgmma_bfloat16_copy, __nv_bfloat16, (conv3x3_wgmma<__nv_bfloat16, false>), FC_WGMMA_BOUNDS)
+FC_CONV_KERNEL(fc_conv3x3_wgmma_bfloat16_act, __nv_bfloat16, (conv3x3_wgmma<__nv_bfloat16, true>), FC_WGMMA_BOUNDS)
+FC_CONV_KERNEL(fc_conv3x3_wgmma_float16_copy, __half, (conv3x3_wgmma<__half, false>), FC_WGMMA_BOUNDS)
+FC_CONV_KERNEL(fc_conv3x3_wgmma_float16_act, __half, (conv3x3_wgmma<__half, true>), FC_WGMMA_BOUNDS)
+#endif
 FC_CONV_KERNEL(fc_conv3x3_simt_float32_32, float, (conv3x3_simt<float, cp::kSimtTileN>), FC_SIMT_BOUNDS)
 FC_CONV_KERNEL(fc_conv3x3_simt_float32_8, float, (conv3x3_simt<float, cp::kSimtNarrowN>), FC_SIMT_BOUNDS)
 FC_CONV_KERNEL(fc_conv3x3_simt_float32_4, float, (conv3x3_simt<float, cp::kSimtRgbN>), FC_SIMT_BOUNDS)

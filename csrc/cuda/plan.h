@@ -36,8 +36,8 @@ inline void set_grid(KernelPlan& k, long long blocks, unsigned threads) {
 
 inline long long ceil_div(long long a, long long b) { return (a + b - 1) / b; }
 
-inline long long conv_tiles(const Conv3x3Params& p, int tile_n) {
-  return p.n * ceil_div(p.ho, kTileRows) * ceil_div(p.wo, kTileCols) * ceil_div(p.o, tile_n);
+inline long long conv_tiles(const Conv3x3Params& p, int rows, int cols, int tile_n) {
+  return p.n * ceil_div(p.ho, rows) * ceil_div(p.wo, cols) * ceil_div(p.o, tile_n);
 }
 
 // The tensor-core kernel's shared memory: two halo and two weight buffers in the input
@@ -51,28 +51,45 @@ inline unsigned mma_shared_bytes() {
                   halo_pixels * kMmaBK * 2 + halo_pixels * 4);
 }
 
+// The Hopper kernel's: kWgmmaStages halo and weight buffers, the norm's affine, two
+// staging buffers of raw input and a float per halo pixel.
+inline unsigned wgmma_shared_bytes() {
+  const int halo_pixels = (kWgmmaTileRows + 2) * (kWgmmaTileCols + 2);
+  const int weights = 9 * kWgmmaTileN * kMmaBK;
+  return unsigned(kWgmmaStages * (halo_pixels * kMmaBK + weights) * 2 + kMmaMaxNormChannels * 2 * 4 +
+                  2 * halo_pixels * kMmaBK * 2 + halo_pixels * 4);
+}
+
 // max_shared_bytes: the most dynamic shared memory the device lets one block opt into;
-// aligned: x and the weights start on 16 bytes (the tensor-core kernel copies 8-channel
-// vectors, so it also needs C % 8 == 0).
-inline KernelPlan plan_conv3x3(const Conv3x3Params& p, KernelDType dt, unsigned max_shared_bytes, bool aligned) {
+// aligned: x and the weights start on 16 bytes (the tensor-core kernels copy 8-channel
+// vectors, so they also need C % 8 == 0); sm90a: the module loaded is the sm_90a cubin,
+// which has the wgmma kernels.
+inline KernelPlan plan_conv3x3(const Conv3x3Params& p, KernelDType dt, unsigned max_shared_bytes, bool aligned,
+                               bool sm90a) {
   KernelPlan k;
   k.module = "conv3x3";
   // It also addresses an image's input in 32-bit counts of 8-element vectors.
   const bool vectors = p.c % 8 == 0 && aligned && (long long)p.h * p.w * (p.c / 8) < 0xffffffffll;
-  const bool mma = dt != KernelDType::float32 && p.o > kSimtNarrowN && p.c <= kMmaMaxNormChannels && vectors &&
-                   mma_shared_bytes() <= max_shared_bytes;
-  if (!mma) {
+  const bool tensor_cores = dt != KernelDType::float32 && p.o > kSimtNarrowN && p.c <= kMmaMaxNormChannels && vectors;
+  const bool wgmma = tensor_cores && sm90a && wgmma_shared_bytes() <= max_shared_bytes;
+  const bool mma = tensor_cores && mma_shared_bytes() <= max_shared_bytes;
+  if (!wgmma && !mma) {
     // f32 at full precision; few output channels would leave a tensor-core tile empty.
     const int tn = p.o <= kSimtRgbN ? kSimtRgbN : p.o <= kSimtNarrowN ? kSimtNarrowN : kSimtTileN;
     k.name = std::string("fc_conv3x3_simt_") + dtype_name(dt) + "_" + std::to_string(tn);
-    set_grid(k, conv_tiles(p, tn), kSimtThreads);
+    set_grid(k, conv_tiles(p, kTileRows, kTileCols, tn), kSimtThreads);
     return k;
   }
   // Without a norm or SiLU the input is copied into the halo as it is.
-  const bool activate = p.groups > 0 || p.pixel_norm || p.silu;
-  k.name = std::string("fc_conv3x3_mma_") + dtype_name(dt) + (activate ? "_act" : "_copy");
-  set_grid(k, conv_tiles(p, kMmaTileN), kMmaThreads);
-  k.shared_bytes = mma_shared_bytes();
+  const char* prologue = p.groups > 0 || p.pixel_norm || p.silu ? "_act" : "_copy";
+  k.name = std::string(wgmma ? "fc_conv3x3_wgmma_" : "fc_conv3x3_mma_") + dtype_name(dt) + prologue;
+  if (wgmma) {
+    set_grid(k, conv_tiles(p, kWgmmaTileRows, kWgmmaTileCols, kWgmmaTileN), kWgmmaThreads);
+    k.shared_bytes = wgmma_shared_bytes();
+  } else {
+    set_grid(k, conv_tiles(p, kTileRows, kTileCols, kMmaTileN), kMmaThreads);
+    k.shared_bytes = mma_shared_bytes();
+  }
   return k;
 }
 

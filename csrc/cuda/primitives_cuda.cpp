@@ -11,6 +11,7 @@
 // (CMake: FUSEDCONV_CUDA_ARCHITECTURES) and installed beside this module under cuda/.
 #include <dlfcn.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -51,20 +52,29 @@ std::string read_file(const fs::path& path) {
 }
 
 // One module's kernels for the stream's device: the cubin of the newest architecture
-// built that the device runs (same major version, minor <= the device's), else the
-// PTX, which the driver compiles for it.
-const std::string& module_image(const std::string& module, const mx::Stream& s) {
+// built that the device runs (an arch-specific "a" cubin for its exact compute capability,
+// else the same major version with minor <= the device's), else the PTX, which the driver
+// compiles for it.
+struct ModuleImage {
+  std::string image;
+  bool sm90a = false;  // the sm_90a cubin: it has the wgmma kernels
+};
+
+const ModuleImage& module_image(const std::string& module, const mx::Stream& s) {
   static std::mutex mutex;
-  static std::map<std::pair<std::string, int>, std::string> images;
+  static std::map<std::pair<std::string, int>, ModuleImage> images;
   auto& device = mx::cu::device(s.device);
   const int major = device.compute_capability_major(), minor = device.compute_capability_minor();
   std::lock_guard lock(mutex);
   const auto key = std::make_pair(module, major * 10 + minor);
   if (auto it = images.find(key); it != images.end()) return it->second;
-  fs::path chosen;
+  const auto cubin = [&](int m, const char* suffix) {
+    return kernel_dir() / (module + ".sm_" + std::to_string(major) + std::to_string(m) + suffix + ".cubin");
+  };
+  fs::path chosen = cubin(minor, "a");
+  if (!fs::exists(chosen)) chosen.clear();
   for (int m = minor; m >= 0 && chosen.empty(); --m) {
-    const fs::path cubin = kernel_dir() / (module + ".sm_" + std::to_string(major) + std::to_string(m) + ".cubin");
-    if (fs::exists(cubin)) chosen = cubin;
+    if (fs::exists(cubin(m, ""))) chosen = cubin(m, "");
   }
   if (chosen.empty() && fs::exists(kernel_dir() / (module + ".ptx"))) chosen = kernel_dir() / (module + ".ptx");
   if (chosen.empty()) {
@@ -72,7 +82,16 @@ const std::string& module_image(const std::string& module, const mx::Stream& s) 
                              std::to_string(minor) + " in " + kernel_dir().string() +
                              " (rebuild with FUSEDCONV_CUDA_ARCHITECTURES including it)");
   }
-  return images.emplace(key, read_file(chosen)).first->second;
+  const bool sm90a = major == 9 && minor == 0 && chosen == cubin(0, "a");
+  return images.emplace(key, ModuleImage{read_file(chosen), sm90a}).first->second;
+}
+
+// Whether the conv may take the wgmma kernel where the sm_90a cubin has it:
+// FUSEDCONV_CUDA_WGMMA=0 keeps Hopper on the mma.sync kernel (to compare the two, and to
+// test both on one GPU). Read at every launch, as the tests switch it.
+bool wgmma_enabled() {
+  const char* v = std::getenv("FUSEDCONV_CUDA_WGMMA");
+  return !v || std::string(v) != "0";
 }
 
 // The most dynamic shared memory one block may opt into on the stream's device.
@@ -100,7 +119,7 @@ void launch(const mx::Stream& s, const cp::KernelPlan& k, const std::vector<mx::
     dtypes.push_back(o.dtype());
   }
   const std::vector<mx::array> node = mx::fast::precompiled_cuda_kernel(
-      k.name, module_image(k.module, s), inputs, shapes, dtypes, scalars,
+      k.name, module_image(k.module, s).image, inputs, shapes, dtypes, scalars,
       {int(k.blocks_x * k.threads), int(k.blocks_y), 1}, {int(k.threads), 1, 1}, int(k.shared_bytes), std::nullopt,
       false, s);
   node[0].primitive().eval_gpu(inputs, outputs);
@@ -154,7 +173,8 @@ void FusedConv3x3::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out
   // The device address (array::data() would copy the buffer to the host).
   const auto aligned = [](const mx::array& a) { return reinterpret_cast<uintptr_t>(mx::gpu_ptr<void>(a)) % 16 == 0; };
   const bool vectors = aligned(inputs[slot.x]) && aligned(inputs[slot.weight]);
-  launch(stream(), cp::plan_conv3x3(p, kernel_dtype(out), max_shared_bytes(stream()), vectors), bound, {out},
+  const bool sm90a = module_image("conv3x3", stream()).sm90a && wgmma_enabled();
+  launch(stream(), cp::plan_conv3x3(p, kernel_dtype(out), max_shared_bytes(stream()), vectors, sm90a), bound, {out},
          scalars);
 }
 
