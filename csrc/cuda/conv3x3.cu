@@ -279,10 +279,19 @@ struct MmaHalo {
       if (!in_halo(i)) continue;
       Raw8 v;
       v.bits = *reinterpret_cast<const uint4*>(staged + STAGED::at(pixel(i), k8));
-      const float pixel_stat = pixel_stats[pixel(i)];
+      // The per-pixel norm's statistic (Qwen-Image's RMS norm) scales the channels' scales;
+      // a uniform branch, so GroupNorm's convs do not pay 8 multiplies a vector for it.
+      float s[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) s[k] = scale[k];
+      if (p.pixel_norm) {
+        const float pixel_stat = pixel_stats[pixel(i)];
+#pragma unroll
+        for (int k = 0; k < 8; ++k) s[k] *= pixel_stat;
+      }
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
-        float a = fmaf(Elem<T>::from_bits(v.h[k]), pixel_stat * scale[k], shift[k]);
+        float a = fmaf(Elem<T>::from_bits(v.h[k]), s[k], shift[k]);
         v.h[k] = Elem<T>::to_bits(p.silu ? silu<T>(a) : a);
       }
       if (vec[i] == kPadding) v.bits = make_uint4(0, 0, 0, 0);  // the zero padding, a word at a time
