@@ -22,7 +22,10 @@ from wheels import mlx_wheel
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
-MODULES = ("conv3x3", "group_norm_stats", "pixel_norm_stats")
+# A module per statistics .cu file; conv3x3.cu is built once per kernel (CMakeLists.txt).
+CONV_KERNELS = (CSRC / "cuda" / "conv3x3_kernels.txt").read_text().split()
+MODULES = {"group_norm_stats": [], "pixel_norm_stats": [],
+           **{k: ["-DFC_ONE_KERNEL=1", f"-DFC_KERNEL_{k}=1", "-diag-suppress=177"] for k in CONV_KERNELS}}
 NVCC = shutil.which("nvcc")
 # The most dynamic shared memory a block may opt into, per compute capability.
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024, 100: 227 * 1024,
@@ -50,10 +53,12 @@ def cubins(tmp_path_factory) -> dict:
     """(module, arch) -> (cubin path, ptxas report); (module, 'ptx') -> PTX path."""
     out = tmp_path_factory.mktemp("cuda")
     archs = default_architectures()
-    jobs = {(m, a): ["-arch", f"sm_{a}", "-cubin", "-Xptxas", "-v", "-o", str(out / f"{m}.sm_{a}.cubin"),
-                     str(CSRC / "cuda" / f"{m}.cu")] for m in MODULES for a in archs}
-    jobs.update({(m, "ptx"): ["-arch", f"compute_{archs[0]}", "-ptx", "-o", str(out / f"{m}.ptx"),
-                              str(CSRC / "cuda" / f"{m}.cu")] for m in MODULES})
+    source = lambda m: str(CSRC / "cuda" / ("conv3x3.cu" if m in CONV_KERNELS else f"{m}.cu"))  # noqa: E731
+    # The wgmma kernels only for sm_90a, as CMake builds them.
+    jobs = {(m, a): [*flags, "-arch", f"sm_{a}", "-cubin", "-Xptxas", "-v", "-o", str(out / f"{m}.sm_{a}.cubin"),
+                     source(m)] for m, flags in MODULES.items() for a in archs if "_wgmma_" not in m or a == "90a"}
+    jobs.update({(m, "ptx"): [*flags, "-arch", f"compute_{archs[0]}", "-ptx", "-o", str(out / f"{m}.ptx"), source(m)]
+                 for m, flags in MODULES.items() if "_wgmma_" not in m})
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         results = dict(zip(jobs, pool.map(nvcc, jobs.values())))
     for key, res in results.items():
@@ -66,16 +71,26 @@ def test_every_source_compiles_for_every_default_architecture(cubins):
         assert path.stat().st_size > 0, (module, arch)
 
 
+def test_each_conv_module_holds_its_one_kernel(cubins):
+    # MLX copies and hashes a module's image at every launch: one kernel a module.
+    for kernel in CONV_KERNELS:
+        for (module, arch), (path, _) in cubins.items():
+            if module == kernel and arch != "ptx":
+                image = path.read_bytes()
+                assert kernel.encode() + b"\0" in image
+                assert sum(other.encode() + b"\0" in image for other in CONV_KERNELS) == 1, (kernel, arch)
+
+
 def test_tensor_core_kernels_keep_their_accumulators_in_registers(cubins, plan_printer):
     # On the architectures that run them (the others' blocks cannot have their shared
     # memory; the wgmma kernels are only in the sm_90a cubin).
     mma_bytes = int(subprocess.run([str(plan_printer), "0", "0"], capture_output=True, text=True,
                                    check=True).stdout.split("\n")[0].split()[1])
     for arch in (a for a in default_architectures() if SHARED_LIMIT[capability(a)] >= mma_bytes):
-        report = cubins[("conv3x3", arch)][1]
         kinds = ("mma", "wgmma") if arch == "90a" else ("mma",)
         for kernel in (f"fc_conv3x3_{kind}_{dt}_{prologue}" for kind in kinds for dt in ("bfloat16", "float16")
                        for prologue in ("act", "copy")):
+            report = cubins[(kernel, arch)][1]
             block = report.split(f"Compiling entry function '{kernel}'")[1].split("Compiling entry")[0]
             assert "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" in block, (arch, block)
 

@@ -865,29 +865,65 @@ __device__ void conv3x3_simt(const T* __restrict__ x, const T* __restrict__ w, c
   }
 
 #define FC_MMA_BOUNDS (cp::kMmaThreads, 1)
+#define FC_WGMMA_BOUNDS (cp::kWgmmaThreads, 1)
 #define FC_SIMT_BOUNDS (cp::kSimtThreads)
 
+// Each kernel is built as its own module: MLX copies and hashes a kernel's whole module
+// image at every launch (precompiled_cuda_kernel), and one cubin of all of them (2 MB for
+// sm_90a) cost about 0.45 ms of CPU a launch. CMake compiles this file once per kernel with
+// FC_ONE_KERNEL and FC_KERNEL_<name> defined (cuda/conv3x3_kernels.txt lists the names);
+// without FC_ONE_KERNEL every kernel is built. The wgmma kernels exist only for sm_90a.
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_mma_bfloat16_copy)
 FC_CONV_KERNEL(fc_conv3x3_mma_bfloat16_copy, __nv_bfloat16, (conv3x3_mma<__nv_bfloat16, false>), FC_MMA_BOUNDS)
+#endif
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_mma_bfloat16_act)
 FC_CONV_KERNEL(fc_conv3x3_mma_bfloat16_act, __nv_bfloat16, (conv3x3_mma<__nv_bfloat16, true>), FC_MMA_BOUNDS)
+#endif
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_mma_float16_copy)
 FC_CONV_KERNEL(fc_conv3x3_mma_float16_copy, __half, (conv3x3_mma<__half, false>), FC_MMA_BOUNDS)
+#endif
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_mma_float16_act)
 FC_CONV_KERNEL(fc_conv3x3_mma_float16_act, __half, (conv3x3_mma<__half, true>), FC_MMA_BOUNDS)
-// Only in the sm_90a cubin: wgmma is specific to that architecture.
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define FC_WGMMA_BOUNDS (cp::kWgmmaThreads, 1)
+#endif
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) && (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_wgmma_bfloat16_copy)
 FC_CONV_KERNEL(fc_conv3x3_wgmma_bfloat16_copy, __nv_bfloat16, (conv3x3_wgmma<__nv_bfloat16, false>), FC_WGMMA_BOUNDS)
+#endif
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) && (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_wgmma_bfloat16_act)
 FC_CONV_KERNEL(fc_conv3x3_wgmma_bfloat16_act, __nv_bfloat16, (conv3x3_wgmma<__nv_bfloat16, true>), FC_WGMMA_BOUNDS)
+#endif
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) && (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_wgmma_float16_copy)
 FC_CONV_KERNEL(fc_conv3x3_wgmma_float16_copy, __half, (conv3x3_wgmma<__half, false>), FC_WGMMA_BOUNDS)
+#endif
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) && (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_wgmma_float16_act)
 FC_CONV_KERNEL(fc_conv3x3_wgmma_float16_act, __half, (conv3x3_wgmma<__half, true>), FC_WGMMA_BOUNDS)
 #endif
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_simt_float32_32)
 FC_CONV_KERNEL(fc_conv3x3_simt_float32_32, float, (conv3x3_simt<float, cp::kSimtTileN>), FC_SIMT_BOUNDS)
+#endif
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_simt_float32_8)
 FC_CONV_KERNEL(fc_conv3x3_simt_float32_8, float, (conv3x3_simt<float, cp::kSimtNarrowN>), FC_SIMT_BOUNDS)
+#endif
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_simt_float32_4)
 FC_CONV_KERNEL(fc_conv3x3_simt_float32_4, float, (conv3x3_simt<float, cp::kSimtRgbN>), FC_SIMT_BOUNDS)
+#endif
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_simt_float16_32)
 FC_CONV_KERNEL(fc_conv3x3_simt_float16_32, __half, (conv3x3_simt<__half, cp::kSimtTileN>), FC_SIMT_BOUNDS)
+#endif
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_simt_float16_8)
 FC_CONV_KERNEL(fc_conv3x3_simt_float16_8, __half, (conv3x3_simt<__half, cp::kSimtNarrowN>), FC_SIMT_BOUNDS)
+#endif
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_simt_float16_4)
 FC_CONV_KERNEL(fc_conv3x3_simt_float16_4, __half, (conv3x3_simt<__half, cp::kSimtRgbN>), FC_SIMT_BOUNDS)
+#endif
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_simt_bfloat16_32)
 FC_CONV_KERNEL(fc_conv3x3_simt_bfloat16_32, __nv_bfloat16, (conv3x3_simt<__nv_bfloat16, cp::kSimtTileN>),
                FC_SIMT_BOUNDS)
+#endif
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_simt_bfloat16_8)
 FC_CONV_KERNEL(fc_conv3x3_simt_bfloat16_8, __nv_bfloat16, (conv3x3_simt<__nv_bfloat16, cp::kSimtNarrowN>),
                FC_SIMT_BOUNDS)
+#endif
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_simt_bfloat16_4)
 FC_CONV_KERNEL(fc_conv3x3_simt_bfloat16_4, __nv_bfloat16, (conv3x3_simt<__nv_bfloat16, cp::kSimtRgbN>),
                FC_SIMT_BOUNDS)
+#endif

@@ -16,7 +16,7 @@ using fusedconv::dtype_name;
 using fusedconv::KernelDType;
 
 struct KernelPlan {
-  std::string module;  // the .cu file the kernel is compiled from (its cubin's stem)
+  std::string module;  // its cubin's stem: the .cu file's, or for conv3x3 the kernel's own
   std::string name;    // the kernel's extern "C" name
   unsigned blocks_x = 1, blocks_y = 1;
   unsigned threads = 1;
@@ -62,12 +62,11 @@ inline unsigned wgmma_shared_bytes() {
 
 // max_shared_bytes: the most dynamic shared memory the device lets one block opt into;
 // aligned: x and the weights start on 16 bytes (the tensor-core kernels copy 8-channel
-// vectors, so they also need C % 8 == 0); sm90a: the module loaded is the sm_90a cubin,
-// which has the wgmma kernels.
+// vectors, so they also need C % 8 == 0); sm90a: the device loads sm_90a cubins and the
+// wgmma kernels' are installed.
 inline KernelPlan plan_conv3x3(const Conv3x3Params& p, KernelDType dt, unsigned max_shared_bytes, bool aligned,
                                bool sm90a) {
   KernelPlan k;
-  k.module = "conv3x3";
   // It also addresses an image's input in 32-bit counts of 8-element vectors.
   const bool vectors = p.c % 8 == 0 && aligned && (long long)p.h * p.w * (p.c / 8) < 0xffffffffll;
   const bool tensor_cores = dt != KernelDType::float32 && p.o > kSimtNarrowN && p.c <= kMmaMaxNormChannels && vectors;
@@ -77,12 +76,14 @@ inline KernelPlan plan_conv3x3(const Conv3x3Params& p, KernelDType dt, unsigned 
     // f32 at full precision; few output channels would leave a tensor-core tile empty.
     const int tn = p.o <= kSimtRgbN ? kSimtRgbN : p.o <= kSimtNarrowN ? kSimtNarrowN : kSimtTileN;
     k.name = std::string("fc_conv3x3_simt_") + dtype_name(dt) + "_" + std::to_string(tn);
+    k.module = k.name;
     set_grid(k, conv_tiles(p, kTileRows, kTileCols, tn), kSimtThreads);
     return k;
   }
   // Without a norm or SiLU the input is copied into the halo as it is.
   const char* prologue = p.groups > 0 || p.pixel_norm || p.silu ? "_act" : "_copy";
   k.name = std::string(wgmma ? "fc_conv3x3_wgmma_" : "fc_conv3x3_mma_") + dtype_name(dt) + prologue;
+  k.module = k.name;
   if (wgmma) {
     set_grid(k, conv_tiles(p, kWgmmaTileRows, kWgmmaTileCols, kWgmmaTileN), kWgmmaThreads);
     k.shared_bytes = wgmma_shared_bytes();

@@ -54,15 +54,10 @@ std::string read_file(const fs::path& path) {
 // One module's kernels for the stream's device: the cubin of the newest architecture
 // built that the device runs (an arch-specific "a" cubin for its exact compute capability,
 // else the same major version with minor <= the device's), else the PTX, which the driver
-// compiles for it.
-struct ModuleImage {
-  std::string image;
-  bool sm90a = false;  // the sm_90a cubin: it has the wgmma kernels
-};
-
-const ModuleImage& module_image(const std::string& module, const mx::Stream& s) {
+// compiles for it. (MLX copies and hashes the image at every launch: modules are kept small.)
+const std::string& module_image(const std::string& module, const mx::Stream& s) {
   static std::mutex mutex;
-  static std::map<std::pair<std::string, int>, ModuleImage> images;
+  static std::map<std::pair<std::string, int>, std::string> images;
   auto& device = mx::cu::device(s.device);
   const int major = device.compute_capability_major(), minor = device.compute_capability_minor();
   std::lock_guard lock(mutex);
@@ -82,16 +77,19 @@ const ModuleImage& module_image(const std::string& module, const mx::Stream& s) 
                              std::to_string(minor) + " in " + kernel_dir().string() +
                              " (rebuild with FUSEDCONV_CUDA_ARCHITECTURES including it)");
   }
-  const bool sm90a = major == 9 && minor == 0 && chosen == cubin(0, "a");
-  return images.emplace(key, ModuleImage{read_file(chosen), sm90a}).first->second;
+  return images.emplace(key, read_file(chosen)).first->second;
 }
 
-// Whether the conv may take the wgmma kernel where the sm_90a cubin has it:
-// FUSEDCONV_CUDA_WGMMA=0 keeps Hopper on the mma.sync kernel (to compare the two, and to
-// test both on one GPU). Read at every launch, as the tests switch it.
-bool wgmma_enabled() {
+// Whether the conv may take a wgmma kernel: the device is compute capability 9.0 and the
+// build installed the kernels' sm_90a cubins. FUSEDCONV_CUDA_WGMMA=0 keeps Hopper on the
+// mma.sync kernel (to compare the two, and to test both on one GPU); read at every launch,
+// as the tests switch it.
+bool wgmma_available(const mx::Stream& s) {
   const char* v = std::getenv("FUSEDCONV_CUDA_WGMMA");
-  return !v || std::string(v) != "0";
+  if (v && std::string(v) == "0") return false;
+  auto& device = mx::cu::device(s.device);
+  static const bool installed = fs::exists(kernel_dir() / "fc_conv3x3_wgmma_bfloat16_act.sm_90a.cubin");
+  return device.compute_capability_major() == 9 && device.compute_capability_minor() == 0 && installed;
 }
 
 // The most dynamic shared memory one block may opt into on the stream's device.
@@ -119,7 +117,7 @@ void launch(const mx::Stream& s, const cp::KernelPlan& k, const std::vector<mx::
     dtypes.push_back(o.dtype());
   }
   const std::vector<mx::array> node = mx::fast::precompiled_cuda_kernel(
-      k.name, module_image(k.module, s).image, inputs, shapes, dtypes, scalars,
+      k.name, module_image(k.module, s), inputs, shapes, dtypes, scalars,
       {int(k.blocks_x * k.threads), int(k.blocks_y), 1}, {int(k.threads), 1, 1}, int(k.shared_bytes), std::nullopt,
       false, s);
   node[0].primitive().eval_gpu(inputs, outputs);
@@ -173,9 +171,9 @@ void FusedConv3x3::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out
   // The device address (array::data() would copy the buffer to the host).
   const auto aligned = [](const mx::array& a) { return reinterpret_cast<uintptr_t>(mx::gpu_ptr<void>(a)) % 16 == 0; };
   const bool vectors = aligned(inputs[slot.x]) && aligned(inputs[slot.weight]);
-  const bool sm90a = module_image("conv3x3", stream()).sm90a && wgmma_enabled();
-  launch(stream(), cp::plan_conv3x3(p, kernel_dtype(out), max_shared_bytes(stream()), vectors, sm90a), bound, {out},
-         scalars);
+  const cp::KernelPlan plan =
+      cp::plan_conv3x3(p, kernel_dtype(out), max_shared_bytes(stream()), vectors, wgmma_available(stream()));
+  launch(stream(), plan, bound, {out}, scalars);
 }
 
 void Linear::eval_gpu(const std::vector<mx::array>&, mx::array&) { unreachable(name()); }
