@@ -617,13 +617,11 @@ __device__ inline void fence_accumulators(float (&acc)[MI][16][4]) {
 // tile rows 2g and 2g + 1, an m64n128 accumulator each. The halo is kept K-major by
 // 8-channel halves ([half][pixel][8]), so the A operand of tap (ky, kx) for output row r
 // is the 64 halo pixels from (r + ky, kx) on: one descriptor, no copy per tap. The weights
-// are [tap][half][o][8]. Chunks of 16 channels: while the tensor cores run chunk i, the
-// threads activate chunk i + 1 (its copies went out two chunks earlier) and send chunk
-// i + 3's copies. Weights take kWgmmaStages buffers; the halo region's kWgmmaHaloBuffers
-// are three halo stages and two staging buffers of raw input when the input is activated,
-// four halo stages (the copies land there) when it is not. (A warp-specialised variant -
-// one producer warpgroup copying and activating for two consumers - ran 1.4x slower on an
-// H200: the producer's SiLU was the bottleneck, with one producer warp per scheduler.)
+// are [tap][half][o][8]. Chunks of 16 channels go through kWgmmaStages buffers: while the
+// tensor cores run chunk i, the threads activate chunk i + 1 (landed by cp.async during
+// chunk i - 1) and copy chunk i + 2. (A warp-specialized variant - one producer
+// warpgroup copying and activating for two consumers - ran 1.4x slower on an H200: the
+// producer's SiLU was the bottleneck, with one producer warp per scheduler.)
 template <typename T, bool ACT>
 __device__ void conv3x3_wgmma(const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ stats,
                               const T* __restrict__ gamma, const T* __restrict__ beta, const T* __restrict__ bias,
@@ -632,23 +630,22 @@ __device__ void conv3x3_wgmma(const T* __restrict__ x, const T* __restrict__ w, 
                               T* __restrict__ out, const Conv3x3Params& p) {
   constexpr int TR = cp::kWgmmaTileRows, TC = cp::kWgmmaTileCols, TM = TR * TC, TN = cp::kWgmmaTileN;
   constexpr int BK = cp::kMmaBK, NT = cp::kWgmmaThreads, STAGES = cp::kWgmmaStages;
-  constexpr int HALO_STAGES = ACT ? STAGES - 1 : STAGES;  // + 2 staging buffers when ACT
-  static_assert(cp::kWgmmaHaloBuffers == STAGES + 1, "ACT: three halo stages and two staging buffers");
   typedef MmaHalo<T, TR, TC, BK, NT> Halo;
   constexpr int HALO_ELEMS = Halo::PIXELS * BK, WT_ELEMS = 9 * TN * BK;
   static_assert(BK == 16 && TC == 64 && TN == 128 && TR * 64 == NT, "a warpgroup: two rows of m64n128k16");
   typedef PixelLayout<BK, 8> Staged;                          // [pixel][BK]
   typedef PixelLayout<8, Halo::PIXELS * 8> HaloKMajor;        // [half][pixel][8]
   typedef WeightLayout<TN * BK, 8, TN * 8> WeightKMajor;      // [tap][half][o][8]
-  // Dynamic shared memory (sized by the plan): the halo region, the weight stages, the
-  // norm's scale and shift per input channel, the halo pixels' per-pixel norm statistic.
+  // Dynamic shared memory (sized by the plan): the halo and weight stages, the norm's
+  // scale and shift per input channel, two staging buffers of raw input, the halo pixels'
+  // per-pixel norm statistic.
   extern __shared__ __align__(16) unsigned char smem[];  // (one declaration: the same alignment as the others)
-  T* const halo_bufs = reinterpret_cast<T*>(smem);                      // buffer b at + b * HALO_ELEMS
-  T* const staged = halo_bufs + HALO_STAGES * HALO_ELEMS;               // ACT: 2 x [pixel][BK]
-  T* const wt_bufs = halo_bufs + cp::kWgmmaHaloBuffers * HALO_ELEMS;    // stage s at + s * WT_ELEMS
+  T* const halo_bufs = reinterpret_cast<T*>(smem);       // stage s at + s * HALO_ELEMS
+  T* const wt_bufs = halo_bufs + STAGES * HALO_ELEMS;     // stage s at + s * WT_ELEMS
   float* const norm_floats = reinterpret_cast<float*>(wt_bufs + STAGES * WT_ELEMS);
   const NormTable norm{norm_floats, norm_floats + cp::kMmaMaxNormChannels};
-  float* const pixel_stats = norm_floats + 2 * cp::kMmaMaxNormChannels;  // [pixel]
+  T* const staged = reinterpret_cast<T*>(norm_floats + 2 * cp::kMmaMaxNormChannels);  // 2 x [pixel][BK]
+  float* const pixel_stats = reinterpret_cast<float*>(staged + 2 * HALO_ELEMS);      // [pixel]
 
   Tile t;
   if (!tile_of_block<TR, TC>(p, TN, t)) return;
@@ -671,63 +668,60 @@ __device__ void conv3x3_wgmma(const T* __restrict__ x, const T* __restrict__ w, 
   }
   Halo halo_in;
   halo_in.init(p, x, stats, t, pixel_stats);
-  // Chunk i's copies, as one cp.async group (empty past the last chunk): its raw input to
-  // staging buffer i % 2 (or, without activation, straight into its halo stage) and its
-  // weights.
+  // Chunk i's copies: its raw input to staging buffer i % 2 (or, without activation,
+  // straight into its halo stage) and its weights, as one cp.async group.
   const auto load = [&](int chunk) {
-    if (chunk < chunks) {
-      if (ACT) halo_in.template copy<Staged>(p, x, chunk * BK, true, staged + (chunk % 2) * HALO_ELEMS);
-      else halo_in.template copy<HaloKMajor>(p, x, chunk * BK, true, halo_bufs + (chunk % HALO_STAGES) * HALO_ELEMS);
-      stage_weights<T, TN, BK, NT, WeightKMajor>(p, w, t.o0, chunk * BK, true, wt_bufs + (chunk % STAGES) * WT_ELEMS);
-    }
-    cp_async_commit();
+    if (ACT) halo_in.template copy<Staged>(p, x, chunk * BK, true, staged + (chunk % 2) * HALO_ELEMS);
+    else halo_in.template copy<HaloKMajor>(p, x, chunk * BK, true, halo_bufs + (chunk % STAGES) * HALO_ELEMS);
+    stage_weights<T, TN, BK, NT, WeightKMajor>(p, w, t.o0, chunk * BK, true, wt_bufs + (chunk % STAGES) * WT_ELEMS);
   };
   const auto activate = [&](int chunk) {
     halo_in.template activate<Staged, HaloKMajor>(p, norm, pixel_stats, chunk * BK, staged + (chunk % 2) * HALO_ELEMS,
-                                                  halo_bufs + (chunk % HALO_STAGES) * HALO_ELEMS);
+                                                  halo_bufs + (chunk % STAGES) * HALO_ELEMS);
   };
   load(0);
-  load(1);
-  load(2);
-  cp_async_wait_group<2>();  // chunk 0
+  cp_async_commit();
+  if (chunks > 1) load(1);
+  cp_async_commit();
+  cp_async_wait_group<1>();  // chunk 0
   __syncthreads();           // the norm table and the pixel statistics
   if (ACT) activate(0);
   fence_async_shared();
   __syncthreads();
 
   // This warpgroup's A operand: halo row 2 * group (+ rr + ky), pixel kx on. The chunk
-  // loop is unrolled by weight stage, so the B descriptors are a base plus a constant.
-  constexpr uint32_t HALO_UNITS = HALO_ELEMS * sizeof(T) / 16, WT_UNITS = WT_ELEMS * sizeof(T) / 16;
+  // loop is unrolled by stage, so every descriptor is a base plus a constant.
+  constexpr uint32_t HALO_BYTES = HALO_ELEMS * sizeof(T), WT_BYTES = WT_ELEMS * sizeof(T);
   const uint64_t a_desc = wgmma_descriptor(smem_address(halo_bufs) + 2 * group * Halo::HC * 16, Halo::PIXELS * 16);
   const uint64_t b_desc = wgmma_descriptor(smem_address(wt_bufs), TN * 16);
   const auto step = [&](int chunk, auto stage_constant) {
     constexpr int stage = decltype(stage_constant)::value;
-    const uint64_t a_stage = a_desc + (chunk % HALO_STAGES) * HALO_UNITS;
     wgmma_fence();
 #pragma unroll
     for (int tap = 0; tap < 9; ++tap)
 #pragma unroll
       for (int rr = 0; rr < 2; ++rr) {
-        wgmma_m64n128k16<T>(acc[rr], a_stage + (rr + tap / 3) * Halo::HC + tap % 3,
-                            b_desc + stage * WT_UNITS + tap * TN * BK * sizeof(T) / 16);
+        constexpr uint32_t a_stage = stage * HALO_BYTES / 16, b_stage = stage * WT_BYTES / 16;
+        wgmma_m64n128k16<T>(acc[rr], a_desc + a_stage + (rr + tap / 3) * Halo::HC + tap % 3,
+                            b_desc + b_stage + tap * TN * BK * sizeof(T) / 16);
       }
     wgmma_commit();
     if (chunk + 1 < chunks) {
-      cp_async_wait_group<1>();  // chunk + 1 (chunk + 2's copies may still be out)
+      cp_async_wait_all();  // chunk + 1, copied during the previous chunk
       if (ACT) activate(chunk + 1);
     }
-    wgmma_wait<1>();  // chunk - 1: its buffers are free once every warpgroup is past here
+    wgmma_wait<1>();  // chunk - 1: its stage is free once every warpgroup is past here
     fence_async_shared();
     __syncthreads();
-    load(chunk + 3);
+    if (chunk + 2 < chunks) load(chunk + 2);
+    cp_async_commit();
   };
-  static_assert(STAGES == 4, "the loop below steps through four weight stages");
+  static_assert(STAGES == 3, "the loop below steps through three stages");
   fence_accumulators(acc);
   for (int chunk = 0; chunk < chunks; chunk += STAGES) {
     step(chunk, std::integral_constant<int, 0>());
     if (chunk + 1 < chunks) step(chunk + 1, std::integral_constant<int, 1>());
     if (chunk + 2 < chunks) step(chunk + 2, std::integral_constant<int, 2>());
-    if (chunk + 3 < chunks) step(chunk + 3, std::integral_constant<int, 3>());
   }
   wgmma_wait<0>();
   fence_accumulators(acc);

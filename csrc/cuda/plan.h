@@ -51,13 +51,13 @@ inline unsigned mma_shared_bytes() {
                   halo_pixels * kMmaBK * 2 + halo_pixels * 4);
 }
 
-// The Hopper kernel's: kWgmmaHaloBuffers halo-sized buffers, kWgmmaStages weight buffers,
-// the norm's affine and a float per halo pixel.
+// The Hopper kernel's: kWgmmaStages halo and weight buffers, the norm's affine, two
+// staging buffers of raw input and a float per halo pixel.
 inline unsigned wgmma_shared_bytes() {
   const int halo_pixels = (kWgmmaTileRows + 2) * (kWgmmaTileCols + 2);
   const int weights = 9 * kWgmmaTileN * kMmaBK;
-  return unsigned((kWgmmaHaloBuffers * halo_pixels * kMmaBK + kWgmmaStages * weights) * 2 +
-                  kMmaMaxNormChannels * 2 * 4 + halo_pixels * 4);
+  return unsigned(kWgmmaStages * (halo_pixels * kMmaBK + weights) * 2 + kMmaMaxNormChannels * 2 * 4 +
+                  2 * halo_pixels * kMmaBK * 2 + halo_pixels * 4);
 }
 
 // max_shared_bytes: the most dynamic shared memory the device lets one block opt into;
