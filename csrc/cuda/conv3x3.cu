@@ -190,6 +190,28 @@ struct NormTable {
   float* shift;
 };
 
+// The norm's affine of `channels` input channels (C rounded up to whole chunks) into
+// shared memory by the block's NT threads; complete after the next barrier.
+template <typename T, int NT>
+__device__ void fill_norm_table(const Conv3x3Params& p, const float* stats, const T* gamma, const T* beta, int n,
+                                int channels, const NormTable& norm) {
+  for (int c = threadIdx.x; c < channels; c += NT) {
+    const ChannelNorm cn = channel_norm(p, stats, gamma, beta, n, c);
+    norm.scale[c] = c < p.c ? cn.scale : 0.0f;
+    norm.shift[c] = c < p.c ? cn.shift - cn.mean * cn.scale : 0.0f;
+  }
+}
+
+template <int MI, int NI>
+__device__ inline void zero(float (&acc)[MI][NI][4]) {
+#pragma unroll
+  for (int i = 0; i < MI; ++i)
+#pragma unroll
+    for (int j = 0; j < NI; ++j)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.0f;
+}
+
 // Eight 16-bit elements in a register quad: the unit a thread moves through the halo.
 union Raw8 {
   uint4 bits;
@@ -431,21 +453,10 @@ __device__ void conv3x3_mma(const T* __restrict__ x, const T* __restrict__ w, co
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int wm = (warp % 4) * 64, wn = (warp / 4) * 64;  // this warp's 64 x 64 corner of the tile
   float acc[4][8][4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.0f;
+  zero(acc);
 
   const int chunks = (p.c + BK - 1) / BK;
-  if (ACT) {
-    for (int c = tid; c < chunks * BK; c += NT) {
-      const ChannelNorm cn = channel_norm(p, stats, gamma, beta, t.n, c);
-      norm.scale[c] = c < p.c ? cn.scale : 0.0f;
-      norm.shift[c] = c < p.c ? cn.shift - cn.mean * cn.scale : 0.0f;
-    }
-  }
+  if (ACT) fill_norm_table<T, NT>(p, stats, gamma, beta, t.n, chunks * BK, norm);
 
   // A: this lane's ldmatrix row of each 16-row fragment mi (tile pixel m -> (m / TC, m % TC);
   // a warp's 64 pixels are two tile rows, so fragment mi is row mi / 2, column 16 * (mi % 2)).
@@ -651,21 +662,10 @@ __device__ void conv3x3_wgmma(const T* __restrict__ x, const T* __restrict__ w, 
   if (!tile_of_block<TR, TC>(p, TN, t)) return;
   const int tid = threadIdx.x, group = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
   float acc[2][16][4];
-#pragma unroll
-  for (int i = 0; i < 2; ++i)
-#pragma unroll
-    for (int j = 0; j < 16; ++j)
-#pragma unroll
-      for (int k = 0; k < 4; ++k) acc[i][j][k] = 0.0f;
+  zero(acc);
 
   const int chunks = (p.c + BK - 1) / BK;
-  if (ACT) {
-    for (int c = tid; c < chunks * BK; c += NT) {
-      const ChannelNorm cn = channel_norm(p, stats, gamma, beta, t.n, c);
-      norm.scale[c] = c < p.c ? cn.scale : 0.0f;
-      norm.shift[c] = c < p.c ? cn.shift - cn.mean * cn.scale : 0.0f;
-    }
-  }
+  if (ACT) fill_norm_table<T, NT>(p, stats, gamma, beta, t.n, chunks * BK, norm);
   Halo halo_in;
   halo_in.init(p, x, stats, t, pixel_stats);
   // Chunk i's copies: its raw input to staging buffer i % 2 (or, without activation,
