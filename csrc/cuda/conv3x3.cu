@@ -729,6 +729,8 @@ __device__ void conv3x3_wgmma(const T* __restrict__ x, const T* __restrict__ w, 
   // A resnet's 1x1 shortcut: acc += shortcut_x[pixels] (TM x Cs) * shortcut_w^T (Cs x TN),
   // the tile's pixels [half][TM][8] and the weights [half][TN][8] in stage 0. (Not
   // unrolled: with the accumulators live, unrolled copies spilled.)
+  typedef PixelLayout<8, TM * 8> TileKMajor;            // [half][TM][8]
+  typedef WeightLayout<0, 8, TN * 8> ShortcutKMajor;    // [half][TN][8]
   __syncthreads();
   T* as = halo_bufs;
   T* bs = wt_bufs;
@@ -737,13 +739,13 @@ __device__ void conv3x3_wgmma(const T* __restrict__ x, const T* __restrict__ w, 
 #pragma unroll 1
     for (int u = tid; u < TM * BK; u += NT) {
       const int k = u % BK, m = u / BK, yy = t.y0 + m / TC, xx = t.x0 + m % TC, c = c0 + k;
-      as[(k / 8) * TM * 8 + m * 8 + k % 8] = (c < p.shortcut_c && yy < p.ho && xx < p.wo)
-                                                ? shortcut_x[((i64(t.n) * p.ho + yy) * p.wo + xx) * p.shortcut_c + c]
-                                                : Elem<T>::store(0.0f);
+      as[TileKMajor::at(m, k) + k % 8] = (c < p.shortcut_c && yy < p.ho && xx < p.wo)
+                                             ? shortcut_x[((i64(t.n) * p.ho + yy) * p.wo + xx) * p.shortcut_c + c]
+                                             : Elem<T>::store(0.0f);
     }
     for (int u = tid; u < TN * BK; u += NT) {
       const int k = u % BK, nn = u / BK, o = t.o0 + nn, c = c0 + k;
-      bs[(k / 8) * TN * 8 + nn * 8 + k % 8] =
+      bs[ShortcutKMajor::at(0, nn, k) + k % 8] =
           (c < p.shortcut_c && o < p.o) ? shortcut_w[i64(o) * p.shortcut_c + c] : Elem<T>::store(0.0f);
     }
     fence_async_shared();

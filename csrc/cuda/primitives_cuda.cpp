@@ -51,6 +51,11 @@ std::string read_file(const fs::path& path) {
   return s.str();
 }
 
+// A module's cubin for compute capability major.minor (suffix "a": the arch-specific one).
+fs::path cubin_path(const std::string& module, int major, int minor, const char* suffix = "") {
+  return kernel_dir() / (module + ".sm_" + std::to_string(major) + std::to_string(minor) + suffix + ".cubin");
+}
+
 // One module's kernels for the stream's device: the cubin of the newest architecture
 // built that the device runs (an arch-specific "a" cubin for its exact compute capability,
 // else the same major version with minor <= the device's), else the PTX, which the driver
@@ -63,13 +68,10 @@ const std::string& module_image(const std::string& module, const mx::Stream& s) 
   std::lock_guard lock(mutex);
   const auto key = std::make_pair(module, major * 10 + minor);
   if (auto it = images.find(key); it != images.end()) return it->second;
-  const auto cubin = [&](int m, const char* suffix) {
-    return kernel_dir() / (module + ".sm_" + std::to_string(major) + std::to_string(m) + suffix + ".cubin");
-  };
-  fs::path chosen = cubin(minor, "a");
+  fs::path chosen = cubin_path(module, major, minor, "a");
   if (!fs::exists(chosen)) chosen.clear();
   for (int m = minor; m >= 0 && chosen.empty(); --m) {
-    if (fs::exists(cubin(m, ""))) chosen = cubin(m, "");
+    if (fs::exists(cubin_path(module, major, m))) chosen = cubin_path(module, major, m);
   }
   if (chosen.empty() && fs::exists(kernel_dir() / (module + ".ptx"))) chosen = kernel_dir() / (module + ".ptx");
   if (chosen.empty()) {
@@ -88,7 +90,7 @@ bool wgmma_available(const mx::Stream& s) {
   const char* v = std::getenv("FUSEDCONV_CUDA_WGMMA");
   if (v && std::string(v) == "0") return false;
   auto& device = mx::cu::device(s.device);
-  static const bool installed = fs::exists(kernel_dir() / "fc_conv3x3_wgmma_bfloat16_act.sm_90a.cubin");
+  static const bool installed = fs::exists(cubin_path("fc_conv3x3_wgmma_bfloat16_act", 9, 0, "a"));
   return device.compute_capability_major() == 9 && device.compute_capability_minor() == 0 && installed;
 }
 
