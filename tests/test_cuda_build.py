@@ -22,9 +22,10 @@ from wheels import mlx_wheel
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
-# A module per statistics .cu file; conv3x3.cu is built once per kernel (CMakeLists.txt).
+# A module per statistics .cu file and the wgmma kernel's weight packing; conv3x3.cu is
+# built once per kernel (CMakeLists.txt).
 CONV_KERNELS = (CSRC / "cuda" / "conv3x3_kernels.txt").read_text().split()
-MODULES = {"group_norm_stats": [], "pixel_norm_stats": [],
+MODULES = {"group_norm_stats": [], "pixel_norm_stats": [], "pack_conv3x3_weights": [],
            **{k: ["-DFC_ONE_KERNEL=1", f"-DFC_KERNEL_{k}=1", "-diag-suppress=177"] for k in CONV_KERNELS}}
 NVCC = shutil.which("nvcc")
 # The most dynamic shared memory a block may opt into, per compute capability.
@@ -122,8 +123,10 @@ int main(int argc, char** argv) {
     }
     GroupNormStatsParams g{2, 96, 32, 1e-6f, 1000000};
     const StatsSlices s = group_norm_slices(g);
+    const Conv3x3Params wide{1, 512, 512, 1024, 512, 512, 1000, 32, 0, 1, 1, 1, 1, 0, 0};
     for (const KernelPlan& k : {plan_group_norm_partial(g, s, dt), plan_group_norm_merge(g, dt),
-                                plan_pixel_norm_stats(PixelNormStatsParams{3000000, 96, 1e-6f}, dt)}) {
+                                plan_pixel_norm_stats(PixelNormStatsParams{3000000, 96, 1e-6f}, dt),
+                                plan_pack_conv3x3_weights(wide)}) {
       printf("%s %s %u %u %u %u\n", k.module.c_str(), k.name.c_str(), k.blocks_x, k.blocks_y, k.threads,
              k.shared_bytes);
     }

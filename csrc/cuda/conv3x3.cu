@@ -284,41 +284,55 @@ struct MmaHalo {
     }
   }
 
-  // Activates chunk c0 from the staging buffer (this thread's own vectors) into a halo
+  // This thread's 8 channels of chunk c0 of the norm's table, in registers for a chunk.
+  struct ChunkNorm {
+    float scale[8], shift[8];
+  };
+  __device__ ChunkNorm chunk_norm(const NormTable& norm, int c0) const {
+    ChunkNorm cn;
+    *reinterpret_cast<float4*>(cn.scale) = *reinterpret_cast<const float4*>(norm.scale + c0 + k8);
+    *reinterpret_cast<float4*>(cn.scale + 4) = *reinterpret_cast<const float4*>(norm.scale + c0 + k8 + 4);
+    *reinterpret_cast<float4*>(cn.shift) = *reinterpret_cast<const float4*>(norm.shift + c0 + k8);
+    *reinterpret_cast<float4*>(cn.shift + 4) = *reinterpret_cast<const float4*>(norm.shift + c0 + k8 + 4);
+    return cn;
+  }
+
+  // Activates this thread's vector i of a chunk from the staging buffer into a halo
   // buffer: the norm as one FMA, SiLU, then the zero padding. (SiLU is computed and then
-  // selected: one instance of this loop keeps the registers in bounds; a norm without SiLU
-  // is rare.)
+  // selected: one instance of this code keeps the registers in bounds; a norm without
+  // SiLU is rare.)
+  template <typename STAGED, typename HALO>
+  __device__ void activate_vector(const Conv3x3Params& p, const ChunkNorm& cn, const float* pixel_stats, int i,
+                                  const T* staged, T* halo) const {
+    if (!in_halo(i)) return;
+    Raw8 v;
+    v.bits = *reinterpret_cast<const uint4*>(staged + STAGED::at(pixel(i), k8));
+    // The per-pixel norm's statistic (Qwen-Image's RMS norm) scales the channels' scales;
+    // a uniform branch, so GroupNorm's convs do not pay 8 multiplies a vector for it.
+    float s[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) s[k] = cn.scale[k];
+    if (p.pixel_norm) {
+      const float pixel_stat = pixel_stats[pixel(i)];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) s[k] *= pixel_stat;
+    }
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      float a = fmaf(Elem<T>::from_bits(v.h[k]), s[k], cn.shift[k]);
+      v.h[k] = Elem<T>::to_bits(p.silu ? silu<T>(a) : a);
+    }
+    if (vec[i] == kPadding) v.bits = make_uint4(0, 0, 0, 0);  // the zero padding, a word at a time
+    *reinterpret_cast<uint4*>(halo + HALO::at(pixel(i), k8)) = v.bits;
+  }
+
+  // All of this thread's vectors of chunk c0.
   template <typename STAGED, typename HALO>
   __device__ void activate(const Conv3x3Params& p, const NormTable& norm, const float* pixel_stats, int c0,
                            const T* staged, T* halo) const {
-    float scale[8], shift[8];
-    *reinterpret_cast<float4*>(scale) = *reinterpret_cast<const float4*>(norm.scale + c0 + k8);
-    *reinterpret_cast<float4*>(scale + 4) = *reinterpret_cast<const float4*>(norm.scale + c0 + k8 + 4);
-    *reinterpret_cast<float4*>(shift) = *reinterpret_cast<const float4*>(norm.shift + c0 + k8);
-    *reinterpret_cast<float4*>(shift + 4) = *reinterpret_cast<const float4*>(norm.shift + c0 + k8 + 4);
+    const ChunkNorm cn = chunk_norm(norm, c0);
 #pragma unroll
-    for (int i = 0; i < PER_THREAD; ++i) {
-      if (!in_halo(i)) continue;
-      Raw8 v;
-      v.bits = *reinterpret_cast<const uint4*>(staged + STAGED::at(pixel(i), k8));
-      // The per-pixel norm's statistic (Qwen-Image's RMS norm) scales the channels' scales;
-      // a uniform branch, so GroupNorm's convs do not pay 8 multiplies a vector for it.
-      float s[8];
-#pragma unroll
-      for (int k = 0; k < 8; ++k) s[k] = scale[k];
-      if (p.pixel_norm) {
-        const float pixel_stat = pixel_stats[pixel(i)];
-#pragma unroll
-        for (int k = 0; k < 8; ++k) s[k] *= pixel_stat;
-      }
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        float a = fmaf(Elem<T>::from_bits(v.h[k]), s[k], shift[k]);
-        v.h[k] = Elem<T>::to_bits(p.silu ? silu<T>(a) : a);
-      }
-      if (vec[i] == kPadding) v.bits = make_uint4(0, 0, 0, 0);  // the zero padding, a word at a time
-      *reinterpret_cast<uint4*>(halo + HALO::at(pixel(i), k8)) = v.bits;
-    }
+    for (int i = 0; i < PER_THREAD; ++i) activate_vector<STAGED, HALO>(p, cn, pixel_stats, i, staged, halo);
   }
 };
 
@@ -623,18 +637,52 @@ __device__ inline void fence_accumulators(float (&acc)[MI][16][4]) {
       for (int k = 0; k < 4; ++k) asm volatile("" : "+f"(acc[i][j][k])::"memory");
 }
 
-// The Hopper conv (same inputs as conv3x3_mma): a block of two warpgroups computes
-// kWgmmaTileRows x kWgmmaTileCols output pixels x kWgmmaTileN channels; warpgroup g owns
-// tile rows 2g and 2g + 1, an m64n128 accumulator each. The halo is kept K-major by
-// 8-channel halves ([half][pixel][8]), so the A operand of tap (ky, kx) for output row r
-// is the 64 halo pixels from (r + ky, kx) on: one descriptor, no copy per tap. The weights
-// are [tap][half][o][8]. Chunks of 16 channels go through kWgmmaStages buffers: while the
-// tensor cores run chunk i, the threads activate chunk i + 1 (landed by cp.async during
-// chunk i - 1) and copy chunk i + 2. (A warp-specialized variant - one producer
-// warpgroup copying and activating for two consumers - ran 1.4x slower on an H200: the
-// producer's SiLU was the bottleneck, with one producer warp per scheduler.)
+// mbarriers (shared memory, 8 bytes each): a stage's weights have landed when its barrier
+// completes a phase - one arrival (the thread that sends the bulk copy, announcing the
+// bytes) plus the copy's bytes.
+__device__ inline void mbarrier_init(uint64_t* bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_address(bar)) : "memory");
+}
+// Makes initialized barriers visible to the async proxy (the bulk copies complete on them).
+__device__ inline void fence_mbarrier_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ inline void mbarrier_wait(uint64_t* bar, uint32_t phase) {
+  uint32_t done;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(smem_address(bar)), "r"(phase)
+        : "memory");
+  } while (!done);
+}
+// bytes from global src to shared dst by the TMA unit (16-byte aligned, a multiple of 16),
+// completing on bar, whose arrival announces them.
+__device__ inline void bulk_copy_to_shared(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_address(bar)), "r"(bytes)
+               : "memory");
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                   smem_address(dst)),
+               "l"(src), "r"(bytes), "r"(smem_address(bar))
+               : "memory");
+}
+
+// The Hopper conv (the inputs of conv3x3_mma, but the weights repacked by
+// fc_pack_conv3x3_weights): a block of two warpgroups computes kWgmmaTileRows x
+// kWgmmaTileCols output pixels x kWgmmaTileN channels; warpgroup g owns tile rows 2g and
+// 2g + 1, an m64n128 accumulator each. The halo is kept K-major by 8-channel halves
+// ([half][pixel][8]), so the A operand of tap (ky, kx) for output row r is the 64 halo
+// pixels from (r + ky, kx) on: one descriptor, no copy per tap. Chunks of 16 channels go
+// through kWgmmaStages stages: a chunk's weights (one tile of the packed weights, [tap]
+// [half][o][8]) by one bulk copy two chunks ahead, completing on the stage's mbarrier; its
+// input by cp.async - with an activation, raw into one of kWgmmaStages staging buffers
+// three chunks ahead and activated into the halo stage during the previous chunk's taps
+// (a vector between each pair of taps, so the tensor cores' queue covers the SiLU);
+// without one, straight into one of 2 x kWgmmaStages halo stages (the staging buffers'
+// room) four chunks ahead. (A warp-specialized variant - one producer warpgroup copying
+// and activating for two consumers - ran 1.4x slower on an H200: the producer's SiLU was
+// the bottleneck, with one producer warp per scheduler.)
 template <typename T, bool ACT>
-__device__ void conv3x3_wgmma(const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ stats,
+__device__ void conv3x3_wgmma(const T* __restrict__ x, const T* __restrict__ packed_w, const float* __restrict__ stats,
                               const T* __restrict__ gamma, const T* __restrict__ beta, const T* __restrict__ bias,
                               const T* __restrict__ residual, const T* __restrict__ shortcut_x,
                               const T* __restrict__ shortcut_w, const T* __restrict__ shortcut_bias,
@@ -644,19 +692,24 @@ __device__ void conv3x3_wgmma(const T* __restrict__ x, const T* __restrict__ w, 
   typedef MmaHalo<T, TR, TC, BK, NT> Halo;
   constexpr int HALO_ELEMS = Halo::PIXELS * BK, WT_ELEMS = 9 * TN * BK;
   static_assert(BK == 16 && TC == 64 && TN == 128 && TR * 64 == NT, "a warpgroup: two rows of m64n128k16");
-  typedef PixelLayout<BK, 8> Staged;                          // [pixel][BK]
-  typedef PixelLayout<8, Halo::PIXELS * 8> HaloKMajor;        // [half][pixel][8]
-  typedef WeightLayout<TN * BK, 8, TN * 8> WeightKMajor;      // [tap][half][o][8]
-  // Dynamic shared memory (sized by the plan): the halo and weight stages, the norm's
-  // scale and shift per input channel, two staging buffers of raw input, the halo pixels'
-  // per-pixel norm statistic.
+  static_assert(Halo::PER_THREAD == 4, "a thread's four vectors are activated between taps 1, 3, 5 and 7");
+  // Input copies sent at the end of chunk j's step are chunk j + AHEAD's; the halo stages.
+  constexpr int AHEAD = ACT ? 3 : 4, HALO_STAGES = ACT ? STAGES : 2 * STAGES;
+  typedef PixelLayout<BK, 8> Staged;                      // [pixel][BK]
+  typedef PixelLayout<8, Halo::PIXELS * 8> HaloKMajor;    // [half][pixel][8]
+  typedef WeightLayout<TN * BK, 8, TN * 8> WeightKMajor;  // [tap][half][o][8]
+  // Dynamic shared memory (sized by the plan): 2 x kWgmmaStages halo-sized buffers (the
+  // halo stages, then with an activation the staging buffers of raw input), the weight
+  // stages, the norm's scale and shift per input channel, the halo pixels' per-pixel norm
+  // statistic, the weight stages' mbarriers.
   extern __shared__ __align__(16) unsigned char smem[];  // (one declaration: the same alignment as the others)
-  T* const halo_bufs = reinterpret_cast<T*>(smem);       // stage s at + s * HALO_ELEMS
-  T* const wt_bufs = halo_bufs + STAGES * HALO_ELEMS;     // stage s at + s * WT_ELEMS
+  T* const halo_bufs = reinterpret_cast<T*>(smem);       // halo stage s at + s * HALO_ELEMS
+  T* const staged = halo_bufs + STAGES * HALO_ELEMS;      // staging buffer s at + s * HALO_ELEMS
+  T* const wt_bufs = halo_bufs + 2 * STAGES * HALO_ELEMS;  // weight stage s at + s * WT_ELEMS
   float* const norm_floats = reinterpret_cast<float*>(wt_bufs + STAGES * WT_ELEMS);
   const NormTable norm{norm_floats, norm_floats + cp::kMmaMaxNormChannels};
-  T* const staged = reinterpret_cast<T*>(norm_floats + 2 * cp::kMmaMaxNormChannels);  // 2 x [pixel][BK]
-  float* const pixel_stats = reinterpret_cast<float*>(staged + 2 * HALO_ELEMS);      // [pixel]
+  float* const pixel_stats = norm_floats + 2 * cp::kMmaMaxNormChannels;  // [pixel]
+  uint64_t* const weights_landed = reinterpret_cast<uint64_t*>(pixel_stats + Halo::PIXELS);  // [stage]
 
   Tile t;
   if (!tile_of_block<TR, TC>(p, TN, t)) return;
@@ -665,56 +718,89 @@ __device__ void conv3x3_wgmma(const T* __restrict__ x, const T* __restrict__ w, 
   zero(acc);
 
   const int chunks = (p.c + BK - 1) / BK;
+  const T* const block_weights = packed_w + i64(t.o0 / TN) * chunks * WT_ELEMS;
+  if (tid == 0) {
+    for (int s = 0; s < STAGES; ++s) mbarrier_init(weights_landed + s);
+    fence_mbarrier_init();
+  }
   if (ACT) fill_norm_table<T, NT>(p, stats, gamma, beta, t.n, chunks * BK, norm);
   Halo halo_in;
   halo_in.init(p, x, stats, t, pixel_stats);
-  // Chunk i's copies: its raw input to staging buffer i % 2 (or, without activation,
-  // straight into its halo stage) and its weights, as one cp.async group.
-  const auto load = [&](int chunk) {
-    if (ACT) halo_in.template copy<Staged>(p, x, chunk * BK, true, staged + (chunk % 2) * HALO_ELEMS);
-    else halo_in.template copy<HaloKMajor>(p, x, chunk * BK, true, halo_bufs + (chunk % STAGES) * HALO_ELEMS);
-    stage_weights<T, TN, BK, NT, WeightKMajor>(p, w, t.o0, chunk * BK, true, wt_bufs + (chunk % STAGES) * WT_ELEMS);
+  const auto halo_stage = [&](int chunk) { return halo_bufs + (chunk % HALO_STAGES) * HALO_ELEMS; };
+  // Chunk i's input (one cp.async group, empty past the last chunk) and weights.
+  const auto load_input = [&](int chunk) {
+    if (chunk < chunks) {
+      if (ACT) halo_in.template copy<Staged>(p, x, chunk * BK, true, staged + (chunk % STAGES) * HALO_ELEMS);
+      else halo_in.template copy<HaloKMajor>(p, x, chunk * BK, true, halo_stage(chunk));
+    }
+    cp_async_commit();
   };
-  const auto activate = [&](int chunk) {
-    halo_in.template activate<Staged, HaloKMajor>(p, norm, pixel_stats, chunk * BK, staged + (chunk % 2) * HALO_ELEMS,
-                                                  halo_bufs + (chunk % STAGES) * HALO_ELEMS);
+  const auto load_weights = [&](int chunk) {
+    if (tid == 0 && chunk < chunks) {
+      const int s = chunk % STAGES;
+      bulk_copy_to_shared(wt_bufs + s * WT_ELEMS, block_weights + i64(chunk) * WT_ELEMS, WT_ELEMS * sizeof(T),
+                          weights_landed + s);
+    }
   };
-  load(0);
-  cp_async_commit();
-  if (chunks > 1) load(1);
-  cp_async_commit();
-  cp_async_wait_group<1>();  // chunk 0
-  __syncthreads();           // the norm table and the pixel statistics
-  if (ACT) activate(0);
+  __syncthreads();  // the barriers initialized
+  load_weights(0);
+  load_weights(1);
+#pragma unroll
+  for (int i = 0; i < AHEAD; ++i) load_input(i);
+  cp_async_wait_group<AHEAD - 1>();  // chunk 0
+  __syncthreads();                   // and the norm table, the pixel statistics
+  if (ACT) halo_in.template activate<Staged, HaloKMajor>(p, norm, pixel_stats, 0, staged, halo_bufs);
   fence_async_shared();
   __syncthreads();
 
   // This warpgroup's A operand: halo row 2 * group (+ rr + ky), pixel kx on. The chunk
-  // loop is unrolled by stage, so every descriptor is a base plus a constant.
+  // loop is unrolled by stage, so every weight descriptor is a base plus a constant.
   constexpr uint32_t HALO_BYTES = HALO_ELEMS * sizeof(T), WT_BYTES = WT_ELEMS * sizeof(T);
   const uint64_t a_desc = wgmma_descriptor(smem_address(halo_bufs) + 2 * group * Halo::HC * 16, Halo::PIXELS * 16);
   const uint64_t b_desc = wgmma_descriptor(smem_address(wt_bufs), TN * 16);
   const auto step = [&](int chunk, auto stage_constant) {
     constexpr int stage = decltype(stage_constant)::value;
-    wgmma_fence();
+    const bool next = chunk + 1 < chunks;
+    const uint64_t a_stage = a_desc + (ACT ? stage : chunk % HALO_STAGES) * (HALO_BYTES / 16);
+    const auto taps = [&](auto first, auto last) {
 #pragma unroll
-    for (int tap = 0; tap < 9; ++tap)
+      for (int tap = decltype(first)::value; tap < decltype(last)::value; ++tap)
 #pragma unroll
-      for (int rr = 0; rr < 2; ++rr) {
-        constexpr uint32_t a_stage = stage * HALO_BYTES / 16, b_stage = stage * WT_BYTES / 16;
-        wgmma_m64n128k16<T>(acc[rr], a_desc + a_stage + (rr + tap / 3) * Halo::HC + tap % 3,
-                            b_desc + b_stage + tap * TN * BK * sizeof(T) / 16);
+        for (int rr = 0; rr < 2; ++rr) {
+          constexpr uint32_t b_stage = stage * WT_BYTES / 16;
+          wgmma_m64n128k16<T>(acc[rr], a_stage + (rr + tap / 3) * Halo::HC + tap % 3,
+                              b_desc + b_stage + tap * TN * BK * sizeof(T) / 16);
+        }
+    };
+    // The next chunk's vectors, each activated once a pair of taps is queued.
+    const auto activate_next = [&](int i) {
+      if (ACT && next) {
+        // (The norm's table re-read per vector: held across the taps, it spilled.)
+        halo_in.template activate_vector<Staged, HaloKMajor>(p, halo_in.chunk_norm(norm, (chunk + 1) * BK),
+                                                             pixel_stats, i,
+                                                             staged + ((stage + 1) % STAGES) * HALO_ELEMS,
+                                                             halo_bufs + ((stage + 1) % STAGES) * HALO_ELEMS);
       }
+    };
+    mbarrier_wait(weights_landed + stage, (chunk / STAGES) & 1);
+    wgmma_fence();
+    taps(std::integral_constant<int, 0>(), std::integral_constant<int, 2>());
+    if (ACT && next) cp_async_wait_group<AHEAD - 2>();  // the next chunk's input
+    activate_next(0);
+    taps(std::integral_constant<int, 2>(), std::integral_constant<int, 4>());
+    activate_next(1);
+    taps(std::integral_constant<int, 4>(), std::integral_constant<int, 6>());
+    activate_next(2);
+    taps(std::integral_constant<int, 6>(), std::integral_constant<int, 8>());
+    activate_next(3);
+    taps(std::integral_constant<int, 8>(), std::integral_constant<int, 9>());
     wgmma_commit();
-    if (chunk + 1 < chunks) {
-      cp_async_wait_all();  // chunk + 1, copied during the previous chunk
-      if (ACT) activate(chunk + 1);
-    }
-    wgmma_wait<1>();  // chunk - 1: its stage is free once every warpgroup is past here
+    if (!ACT) cp_async_wait_group<AHEAD - 2>();  // the next chunk's input
+    wgmma_wait<1>();  // chunk - 1: its stages are free once every warpgroup is past the barrier
     fence_async_shared();
     __syncthreads();
-    if (chunk + 2 < chunks) load(chunk + 2);
-    cp_async_commit();
+    load_weights(chunk + 2);
+    load_input(chunk + AHEAD);
   };
   static_assert(STAGES == 3, "the loop below steps through three stages");
   fence_accumulators(acc);

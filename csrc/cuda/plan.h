@@ -51,13 +51,26 @@ inline unsigned mma_shared_bytes() {
                   halo_pixels * kMmaBK * 2 + halo_pixels * 4);
 }
 
-// The Hopper kernel's: kWgmmaStages halo and weight buffers, the norm's affine, two
-// staging buffers of raw input and a float per halo pixel.
+// The Hopper kernel's: 2 x kWgmmaStages halo-sized buffers (halo stages and staging
+// buffers of raw input), kWgmmaStages weight stages, the norm's affine, a float per halo
+// pixel and an mbarrier per weight stage.
 inline unsigned wgmma_shared_bytes() {
   const int halo_pixels = (kWgmmaTileRows + 2) * (kWgmmaTileCols + 2);
   const int weights = 9 * kWgmmaTileN * kMmaBK;
-  return unsigned(kWgmmaStages * (halo_pixels * kMmaBK + weights) * 2 + kMmaMaxNormChannels * 2 * 4 +
-                  2 * halo_pixels * kMmaBK * 2 + halo_pixels * 4);
+  return unsigned(2 * kWgmmaStages * halo_pixels * kMmaBK * 2 + kWgmmaStages * weights * 2 +
+                  kMmaMaxNormChannels * 2 * 4 + halo_pixels * 4 + kWgmmaStages * 8);
+}
+
+// The wgmma kernel's weights, repacked by fc_pack_conv3x3_weights: whole tiles of
+// kWgmmaTileN output x kMmaBK input channels x 9 taps, one thread per 8-channel vector.
+inline long long packed_weight_elements(const Conv3x3Params& p) {
+  return ceil_div(p.o, kWgmmaTileN) * kWgmmaTileN * 9 * ceil_div(p.c, kMmaBK) * kMmaBK;
+}
+
+inline KernelPlan plan_pack_conv3x3_weights(const Conv3x3Params& p) {
+  KernelPlan k{"pack_conv3x3_weights", "fc_pack_conv3x3_weights"};
+  set_grid(k, ceil_div(packed_weight_elements(p) / 8, kPackThreads), kPackThreads);
+  return k;
 }
 
 // max_shared_bytes: the most dynamic shared memory the device lets one block opt into;

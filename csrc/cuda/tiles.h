@@ -27,13 +27,15 @@ constexpr int kMmaMaxNormChannels = 1024;
 // On Hopper (sm_90a, wgmma): a block of two warpgroups computes kWgmmaTileRows x
 // kWgmmaTileCols output pixels (a warpgroup's m64 operand is one tile row: the A operand of
 // every tap is then one run of halo pixels) x kWgmmaTileN channels, kMmaBK input channels a
-// chunk through kWgmmaStages halo and weight buffers (two staging buffers of raw input).
-// About 180 KiB of shared memory: one block per SM.
+// chunk through kWgmmaStages weight stages (filled by bulk copies from weights repacked per
+// call, kPackThreads threads a block) and 2 x kWgmmaStages halo-sized buffers. About 192
+// KiB of shared memory: one block per SM.
 constexpr int kWgmmaThreads = 256;
 constexpr int kWgmmaTileRows = 4;
 constexpr int kWgmmaTileCols = 64;
 constexpr int kWgmmaTileN = 128;
 constexpr int kWgmmaStages = 3;
+constexpr int kPackThreads = 256;
 
 // On CUDA cores (float32, any dtype with few output channels, and where the tensor-core
 // kernel does not fit): a thread per output pixel of the tile computes kSimtTileN (or
