@@ -434,6 +434,66 @@ __device__ void store_fragments(const Conv3x3Params& p, const Tile& t, float (&a
   });
 }
 
+// Whether the output's channels go four at a time (8 bytes of a 16-bit dtype): O % 4 == 0
+// and every array the epilogue reads or writes by channel 8-byte aligned.
+template <typename T>
+__device__ inline bool rows_of_four(const Conv3x3Params& p, const T* out, const T* bias, const T* residual,
+                                    const T* shortcut_bias) {
+  return p.o % 4 == 0 && aligned(out, 8) && (!p.has_residual || aligned(residual, 8)) &&
+         (!p.has_bias || aligned(bias, 8)) && (!p.has_shortcut_bias || aligned(shortcut_bias, 8));
+}
+
+// The epilogue through shared memory (rows_of_four): the accumulators of m16n8 fragments
+// acc[MI][NI] (as store_fragments) go to an f32 tile [TR * TC][TN + 4] at `tile` (rows
+// padded: a warp's float2 stores then take the two wavefronts they must), then each warp
+// finishes one pixel's TN channels at a time - 4 a lane: bias, residual, one rounding -
+// reading the residual and writing the output as contiguous rows where the fragments'
+// layout would scatter 4-byte pieces.
+template <typename T, int TR, int TC, int TN, int NT, int MI, int NI, typename TilePixel>
+__device__ void store_tile_via_shared(const Conv3x3Params& p, const Tile& t, float (&acc)[MI][NI][4],
+                                      TilePixel tile_pixel, float* tile, T* __restrict__ out,
+                                      const T* __restrict__ bias, const T* __restrict__ residual,
+                                      const T* __restrict__ shortcut_bias) {
+  constexpr int ROW = TN + 4, GROUPS = TN / 4;
+  static_assert(NT % GROUPS == 0 && NI * 8 == TN, "a thread keeps its four channels for the whole tile");
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int2 rc = tile_pixel(mi, half);
+#pragma unroll
+      for (int ni = 0; ni < NI; ++ni) {
+        *reinterpret_cast<float2*>(tile + (rc.x * TC + rc.y) * ROW + ni * 8 + (lane % 4) * 2) =
+            make_float2(acc[mi][ni][half * 2], acc[mi][ni][half * 2 + 1]);
+      }
+    }
+  __syncthreads();
+  const int g = threadIdx.x % GROUPS, o = t.o0 + 4 * g;
+  if (o >= p.o) return;
+  float add[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  const auto add_four = [](const T* src, float (&v)[4]) {
+    const uint2 bits = *reinterpret_cast<const uint2*>(src);
+    v[0] += Elem<T>::from_bits(uint16_t(bits.x & 0xffff));
+    v[1] += Elem<T>::from_bits(uint16_t(bits.x >> 16));
+    v[2] += Elem<T>::from_bits(uint16_t(bits.y & 0xffff));
+    v[3] += Elem<T>::from_bits(uint16_t(bits.y >> 16));
+  };
+  if (p.has_bias) add_four(bias + o, add);
+  if (p.has_shortcut_bias) add_four(shortcut_bias + o, add);
+  for (int m = threadIdx.x / GROUPS; m < TR * TC; m += NT / GROUPS) {
+    const int yy = t.y0 + m / TC, xx = t.x0 + m % TC;
+    if (yy >= p.ho || xx >= p.wo) continue;
+    const float4 a = *reinterpret_cast<const float4*>(tile + m * ROW + 4 * g);
+    float v[4] = {a.x + add[0], a.y + add[1], a.z + add[2], a.w + add[3]};
+    const i64 idx = ((i64(t.n) * p.ho + yy) * p.wo + xx) * p.o + o;
+    if (p.has_residual) add_four(residual + idx, v);
+    *reinterpret_cast<uint2*>(out + idx) =
+        make_uint2(uint32_t(Elem<T>::to_bits(v[0])) | (uint32_t(Elem<T>::to_bits(v[1])) << 16),
+                   uint32_t(Elem<T>::to_bits(v[2])) | (uint32_t(Elem<T>::to_bits(v[3])) << 16));
+  }
+}
+
 // The tensor-core conv (C % 8 == 0, x and w 16-byte aligned: every staged vector is one
 // cp.async), with ACT (a norm or SiLU to apply to the input) or without.
 template <typename T, bool ACT>
@@ -849,9 +909,20 @@ __device__ void conv3x3_wgmma(const T* __restrict__ x, const T* __restrict__ pac
   }
 
   // Fragment row rr of warp w is tile row 2 * group + rr, columns 16 w + lane / 4 (+ 8).
-  store_fragments<T>(p, t, acc, [&](int rr, int half) {
-    return int2{2 * group + rr, 16 * warp + lane / 4 + half * 8};
-  }, t.o0, out, bias, residual, shortcut_bias);
+  const auto tile_pixel = [&](int rr, int half) { return int2{2 * group + rr, 16 * warp + lane / 4 + half * 8}; };
+#ifdef FC_EXP_NO_STORE
+  if (p.n > 0) return;
+#endif
+#ifndef FC_EXP_FRAGMENT_EPILOGUE
+  if (rows_of_four(p, out, bias, residual, shortcut_bias)) {
+#else
+  if (false) {
+#endif
+    store_tile_via_shared<T, TR, TC, TN, NT>(p, t, acc, tile_pixel, reinterpret_cast<float*>(smem), out, bias,
+                                             residual, shortcut_bias);
+  } else {
+    store_fragments<T>(p, t, acc, tile_pixel, t.o0, out, bias, residual, shortcut_bias);
+  }
 }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
