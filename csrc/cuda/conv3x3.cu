@@ -773,7 +773,9 @@ __device__ void conv3x3_wgmma(const T* __restrict__ x, const T* __restrict__ pac
 
   Tile t;
   if (!tile_of_block<TR, TC>(p, TN, t)) return;
-  const int tid = threadIdx.x, group = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+  // (group through a shuffle from lane 0: provably warp-uniform, so the descriptors are
+  // computed in uniform registers rather than moved there before every wgmma.)
+  const int tid = threadIdx.x, group = __shfl_sync(0xffffffffu, tid / 128, 0), warp = (tid % 128) / 32, lane = tid % 32;
   float acc[2][16][4];
   zero(acc);
 
