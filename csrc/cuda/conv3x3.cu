@@ -481,17 +481,45 @@ __device__ void store_tile_via_shared(const Conv3x3Params& p, const Tile& t, flo
   };
   if (p.has_bias) add_four(bias + o, add);
   if (p.has_shortcut_bias) add_four(shortcut_bias + o, add);
-  for (int m = threadIdx.x / GROUPS; m < TR * TC; m += NT / GROUPS) {
-    const int yy = t.y0 + m / TC, xx = t.x0 + m % TC;
-    if (yy >= p.ho || xx >= p.wo) continue;
-    const float4 a = *reinterpret_cast<const float4*>(tile + m * ROW + 4 * g);
+  // Pixel m = first + i * STEP of pass i; every pass's residual is loaded before the first
+  // is used (the accumulators' registers are free by now): one memory latency, not 32.
+  constexpr int STEP = NT / GROUPS, PASSES = TR * TC / STEP;
+  const int first = threadIdx.x / GROUPS;
+  const auto pixel = [&](int i, i64& idx) {
+    const int m = first + i * STEP, yy = t.y0 + m / TC, xx = t.x0 + m % TC;
+    idx = ((i64(t.n) * p.ho + yy) * p.wo + xx) * p.o + o;
+    return yy < p.ho && xx < p.wo;
+  };
+  uint2 res[PASSES];
+#pragma unroll
+  for (int i = 0; i < PASSES; ++i) {
+    i64 idx;
+    res[i] = p.has_residual && pixel(i, idx) ? *reinterpret_cast<const uint2*>(residual + idx) : make_uint2(0, 0);
+  }
+#pragma unroll
+  for (int i = 0; i < PASSES; ++i) {
+    i64 idx;
+    if (!pixel(i, idx)) continue;
+    const float4 a = *reinterpret_cast<const float4*>(tile + (first + i * STEP) * ROW + 4 * g);
     float v[4] = {a.x + add[0], a.y + add[1], a.z + add[2], a.w + add[3]};
-    const i64 idx = ((i64(t.n) * p.ho + yy) * p.wo + xx) * p.o + o;
-    if (p.has_residual) add_four(residual + idx, v);
+    if (p.has_residual) add_four(reinterpret_cast<const T*>(&res[i]), v);
     *reinterpret_cast<uint2*>(out + idx) =
         make_uint2(uint32_t(Elem<T>::to_bits(v[0])) | (uint32_t(Elem<T>::to_bits(v[1])) << 16),
                    uint32_t(Elem<T>::to_bits(v[2])) | (uint32_t(Elem<T>::to_bits(v[3])) << 16));
   }
+}
+
+// Asks L2 for the residual of a tile's TM pixels, channels o0.. o0 + TN (two 128-byte lines
+// a pixel for TN = 128 of a 16-bit dtype), at the start of the block: the epilogue, which
+// nothing else on the SM overlaps, then reads it from L2 rather than from memory.
+template <typename T, int TR, int TC, int TN, int NT>
+__device__ void prefetch_residual(const Conv3x3Params& p, const Tile& t, const T* residual) {
+  static_assert(TR * TC == NT && TN * sizeof(T) == 256, "a thread a pixel, two lines each");
+  const int m = threadIdx.x, yy = t.y0 + m / TC, xx = t.x0 + m % TC;
+  if (!p.has_residual || yy >= p.ho || xx >= p.wo) return;
+  const T* row = residual + ((i64(t.n) * p.ho + yy) * p.wo + xx) * p.o + t.o0;
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(row));
+  if (t.o0 + TN / 2 < p.o) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(row + TN / 2));
 }
 
 // The tensor-core conv (C % 8 == 0, x and w 16-byte aligned: every staged vector is one
@@ -778,6 +806,7 @@ __device__ void conv3x3_wgmma(const T* __restrict__ x, const T* __restrict__ pac
   const int tid = threadIdx.x, group = __shfl_sync(0xffffffffu, tid / 128, 0), warp = (tid % 128) / 32, lane = tid % 32;
   float acc[2][16][4];
   zero(acc);
+  prefetch_residual<T, TR, TC, TN, NT>(p, t, residual);
 
   const int chunks = (p.c + BK - 1) / BK;
   const T* const block_weights = packed_w + i64(t.o0 / TN) * chunks * WT_ELEMS;
@@ -875,39 +904,83 @@ __device__ void conv3x3_wgmma(const T* __restrict__ x, const T* __restrict__ pac
   fence_accumulators(acc);
 
   // A resnet's 1x1 shortcut: acc += shortcut_x[pixels] (TM x Cs) * shortcut_w^T (Cs x TN),
-  // the tile's pixels [half][TM][8] and the weights [half][TN][8] in stage 0. (Not
-  // unrolled: with the accumulators live, unrolled copies spilled.)
-  typedef PixelLayout<8, TM * 8> TileKMajor;            // [half][TM][8]
-  typedef WeightLayout<0, 8, TN * 8> ShortcutKMajor;    // [half][TN][8]
-  __syncthreads();
-  T* as = halo_bufs;
-  T* bs = wt_bufs;
-#pragma unroll 1
-  for (int c0 = 0; c0 < p.shortcut_c; c0 += BK) {
-#pragma unroll 1
-    for (int u = tid; u < TM * BK; u += NT) {
-      const int k = u % BK, m = u / BK, yy = t.y0 + m / TC, xx = t.x0 + m % TC, c = c0 + k;
-      as[TileKMajor::at(m, k) + k % 8] = (c < p.shortcut_c && yy < p.ho && xx < p.wo)
-                                             ? shortcut_x[((i64(t.n) * p.ho + yy) * p.wo + xx) * p.shortcut_c + c]
-                                             : Elem<T>::store(0.0f);
-    }
-    for (int u = tid; u < TN * BK; u += NT) {
-      const int k = u % BK, nn = u / BK, o = t.o0 + nn, c = c0 + k;
-      bs[ShortcutKMajor::at(0, nn, k) + k % 8] =
-          (c < p.shortcut_c && o < p.o) ? shortcut_w[i64(o) * p.shortcut_c + c] : Elem<T>::store(0.0f);
-    }
-    fence_async_shared();
-    __syncthreads();
+  // 16 channels a chunk: the tile's pixels [half][TM][8] and the weights [half][TN][8].
+  typedef PixelLayout<8, TM * 8> TileKMajor;          // [half][TM][8]
+  typedef WeightLayout<0, 8, TN * 8> ShortcutKMajor;  // [half][TN][8]
+  constexpr int SHORTCUT_ELEMS = (TM + TN) * BK;
+  const auto shortcut_mma = [&](const T* chunk_tile) {
     wgmma_fence();
 #pragma unroll
     for (int rr = 0; rr < 2; ++rr) {
-      wgmma_m64n128k16<T>(acc[rr], wgmma_descriptor(smem_address(as + (2 * group + rr) * TC * 8), TM * 16),
-                          wgmma_descriptor(smem_address(bs), TN * 16));
+      wgmma_m64n128k16<T>(acc[rr], wgmma_descriptor(smem_address(chunk_tile + (2 * group + rr) * TC * 8), TM * 16),
+                          wgmma_descriptor(smem_address(chunk_tile + TM * BK), TN * 16));
     }
     wgmma_commit();
-    wgmma_wait<0>();
-    fence_accumulators(acc);
+  };
+  __syncthreads();
+  if (p.shortcut_c % 8 == 0 && aligned(shortcut_x, 16) && aligned(shortcut_w, 16)) {
+    // By cp.async through a ring of SHORTCUT_STAGES chunks (the main loop's buffers), sent
+    // SHORTCUT_STAGES - 1 chunks ahead: two pixel vectors and one weight vector a thread.
+    constexpr int SHORTCUT_STAGES = 8;
+    static_assert(SHORTCUT_STAGES * SHORTCUT_ELEMS <= 2 * STAGES * HALO_ELEMS + STAGES * WT_ELEMS &&
+                  TM * 2 == 2 * NT && TN * 2 == NT, "the ring fits the main loop's buffers");
+    const int shortcut_chunks = (p.shortcut_c + BK - 1) / BK;
+    const auto load_shortcut = [&](int chunk) {
+      if (chunk < shortcut_chunks) {
+        T* const dst = halo_bufs + (chunk % SHORTCUT_STAGES) * SHORTCUT_ELEMS;
+        const int half = tid % 2, c = chunk * BK + 8 * half;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const int m = (tid + i * NT) / 2, yy = t.y0 + m / TC, xx = t.x0 + m % TC;
+          const bool valid = c < p.shortcut_c && yy < p.ho && xx < p.wo;
+          cp_async16(dst + TileKMajor::at(m, 8 * half),
+                     valid ? shortcut_x + ((i64(t.n) * p.ho + yy) * p.wo + xx) * p.shortcut_c + c : shortcut_x, valid);
+        }
+        const int nn = tid / 2, o = t.o0 + nn;
+        const bool valid = c < p.shortcut_c && o < p.o;
+        cp_async16(dst + TM * BK + ShortcutKMajor::at(0, nn, 8 * half),
+                   valid ? shortcut_w + i64(o) * p.shortcut_c + c : shortcut_w, valid);
+      }
+      cp_async_commit();
+    };
+#pragma unroll
+    for (int i = 0; i < SHORTCUT_STAGES - 1; ++i) load_shortcut(i);
+#pragma unroll 1
+    for (int chunk = 0; chunk < shortcut_chunks; ++chunk) {
+      cp_async_wait_group<SHORTCUT_STAGES - 2>();
+      fence_async_shared();
+      __syncthreads();  // chunk landed; chunk - 1's wgmmas (waited below) done in both warpgroups
+      load_shortcut(chunk + SHORTCUT_STAGES - 1);  // into chunk - 1's stage
+      shortcut_mma(halo_bufs + (chunk % SHORTCUT_STAGES) * SHORTCUT_ELEMS);
+      wgmma_wait<0>();
+      fence_accumulators(acc);
+    }
+    cp_async_wait_all();
     __syncthreads();
+  } else {
+    // Element by element. (Not unrolled: with the accumulators live, unrolled copies spilled.)
+    T* const as = halo_bufs;
+#pragma unroll 1
+    for (int c0 = 0; c0 < p.shortcut_c; c0 += BK) {
+#pragma unroll 1
+      for (int u = tid; u < TM * BK; u += NT) {
+        const int k = u % BK, m = u / BK, yy = t.y0 + m / TC, xx = t.x0 + m % TC, c = c0 + k;
+        as[TileKMajor::at(m, k) + k % 8] = (c < p.shortcut_c && yy < p.ho && xx < p.wo)
+                                               ? shortcut_x[((i64(t.n) * p.ho + yy) * p.wo + xx) * p.shortcut_c + c]
+                                               : Elem<T>::store(0.0f);
+      }
+      for (int u = tid; u < TN * BK; u += NT) {
+        const int k = u % BK, nn = u / BK, o = t.o0 + nn, c = c0 + k;
+        as[TM * BK + ShortcutKMajor::at(0, nn, k) + k % 8] =
+            (c < p.shortcut_c && o < p.o) ? shortcut_w[i64(o) * p.shortcut_c + c] : Elem<T>::store(0.0f);
+      }
+      fence_async_shared();
+      __syncthreads();
+      shortcut_mma(as);
+      wgmma_wait<0>();
+      fence_accumulators(acc);
+      __syncthreads();
+    }
   }
 
   // Fragment row rr of warp w is tile row 2 * group + rr, columns 16 w + lane / 4 (+ 8).
