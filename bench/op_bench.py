@@ -10,7 +10,8 @@ allocator's peak above the inputs against the op's floor (output, plus a materia
 shortcut-free residual if any). The composition is skipped above --reference-max-gflop
 (MLX's Linux CPU conv runs at ~2 GFLOP/s). --conv2d adds mx.conv2d alone on the same
 (upsampled) input - on MLX's CUDA build that is cuDNN - as the speed to compare the fused
-kernel's FLOP/s with. --inner N evaluates N calls per timed run (GPU ops of a millisecond
+kernel's FLOP/s with, and for the normalised convs the conv primitive given the GroupNorm
+statistics (the fused op less its statistics pass, which reads the input once). --inner N evaluates N calls per timed run (GPU ops of a millisecond
 or less; the time reported is per call). Writes JSON and a PNG plot.
 """
 
@@ -61,6 +62,16 @@ def fused_fn(x, w, b, g, beta, r, up, option):
     return lambda: fusedconv.conv3x3(x, w, b, upsample=up)
 
 
+def conv_given_stats_fn(x, w, b, g, beta, r):
+    """The conv primitive alone, its GroupNorm statistics computed beforehand (as a decoder
+    computes them once per norm): the fused op less its statistics pass."""
+    import fusedconv
+
+    stats = fusedconv.group_norm_stats(x, 32, 1e-6)
+    mx.eval(stats)
+    return lambda: fusedconv.conv3x3(x, w, b, norm=(stats, g, beta), silu=True, residual=r)
+
+
 def reference_fn(x, w, b, g, beta, r, up, option):
     from fusedconv.reference import reference_conv3x3
 
@@ -93,7 +104,9 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--reference-max-gflop", type=float, default=60.0)
-    p.add_argument("--conv2d", action="store_true", help="also time mx.conv2d alone (cuDNN on MLX's CUDA build)")
+    p.add_argument("--conv2d", action="store_true",
+                   help="also time mx.conv2d alone (cuDNN on MLX's CUDA build) and the conv primitive given the "
+                        "GroupNorm statistics")
     p.add_argument("--inner", type=int, default=1, help="calls per timed run")
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     args = p.parse_args(argv)
@@ -109,6 +122,9 @@ def main(argv=None) -> int:
             row["fused"] = measure(fused_fn(x, w, b, g, beta, r, up, option), args.repeats, args.inner)
             if args.conv2d:
                 row["conv2d"] = measure(conv2d_fn(x, w, up), args.repeats, args.inner)
+                if option.startswith("norm_silu"):
+                    row["conv_given_stats"] = measure(conv_given_stats_fn(x, w, b, g, beta, r), args.repeats,
+                                                      args.inner)
             if gflop <= args.reference_max_gflop:
                 row["reference"] = measure(reference_fn(x, w, b, g, beta, r, up, option), 1, args.inner)
             else:
@@ -135,7 +151,10 @@ def print_row(row: dict) -> None:
     if "conv2d" in row:
         c = row["conv2d"]
         line += (f" | mx.conv2d {c['median_s'] * 1e3:8.3f} ms {row['gflop'] / c['median_s'] / 1e3:6.1f} TFLOP/s"
-                 f" (fused at {c['median_s'] / f['median_s']:.0%} of its FLOP/s)")
+                 f" (fused at {c['median_s'] / f['median_s']:.0%} of its FLOP/s")
+        if "conv_given_stats" in row:
+            line += f"; the conv given the statistics at {c['median_s'] / row['conv_given_stats']['median_s']:.0%}"
+        line += ")"
     print(line)
 
 

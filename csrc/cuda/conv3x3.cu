@@ -1,10 +1,14 @@
 // Fused conv3x3 on CUDA: GroupNorm (or the per-pixel norm) + SiLU + nearest-2x upsample
 // applied to the input as it is staged in shared memory, bias / residual / 1x1 shortcut
 // added as the output is stored. A direct (implicit-GEMM) convolution with no device
-// scratch: M = output pixels, N = output channels, K = 9 taps x input channels.
+// scratch that grows with the image (the wgmma kernel's repacked weights are the weights'
+// size): M = output pixels, N = output channels, K = 9 taps x input channels.
 //
-// Two kernels, each instantiated by name (extern "C", loaded by MLX's
-// precompiled_cuda_kernel from this file's cubin):
+// Three kernels, each instantiated by name (extern "C", loaded by MLX's
+// precompiled_cuda_kernel from its own cubin of this file):
+// - fc_conv3x3_wgmma_<dtype>_<act|copy> (Hopper, sm_90a; bf16/fp16 under the mma kernel's
+//   conditions): two warpgroups of wgmma with both operands in shared memory, the weights
+//   repacked per call (pack_conv3x3_weights.cu) and moved by bulk copies;
 // - fc_conv3x3_mma_<dtype>_<act|copy> (bf16/fp16, C % 8 == 0, aligned x and w): 8 warps on
 //   mma.sync m16n8k16 tensor cores, f32 accumulation; the staged halo rows are the A
 //   operand of all 9 taps (each tap is the same tile shifted by (ky, kx)), loaded with
@@ -985,14 +989,7 @@ __device__ void conv3x3_wgmma(const T* __restrict__ x, const T* __restrict__ pac
 
   // Fragment row rr of warp w is tile row 2 * group + rr, columns 16 w + lane / 4 (+ 8).
   const auto tile_pixel = [&](int rr, int half) { return int2{2 * group + rr, 16 * warp + lane / 4 + half * 8}; };
-#ifdef FC_EXP_NO_STORE
-  if (p.n > 0) return;
-#endif
-#ifndef FC_EXP_FRAGMENT_EPILOGUE
   if (rows_of_four(p, out, bias, residual, shortcut_bias)) {
-#else
-  if (false) {
-#endif
     store_tile_via_shared<T, TR, TC, TN, NT>(p, t, acc, tile_pixel, reinterpret_cast<float*>(smem), out, bias,
                                              residual, shortcut_bias);
   } else {
