@@ -7,7 +7,6 @@
 // sums in slice order (deterministic) in double and writes (mean, rstd).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <stdint.h>
 
 #include "cuda/tiles.h"
 
@@ -49,31 +48,7 @@ __device__ void group_norm_partial(const T* __restrict__ x, float* __restrict__ 
   float s1 = 0.0f, s2 = 0.0f;
   if (pixels > 0) {
     const T* slice = base + p0 * c;
-    const int vecs = cg / 8;  // 16-byte vectors of a pixel's group (16-bit dtypes)
-    if (sizeof(T) == 2 && cg % 8 == 0 && c % 8 == 0 && (uintptr_t(x) & 15) == 0 && cp::kStatsThreads % vecs == 0) {
-      // Each thread keeps 8 channels of the group and steps over pixels, four 16-byte loads
-      // in flight (one 2-byte load at a time left the reads at ~0.6 TB/s on an H200).
-      const int step = cp::kStatsThreads / vecs;
-      const T* col = slice + (threadIdx.x % vecs) * 8;
-      const auto add = [&](uint4 bits) {
-        const T* v = reinterpret_cast<const T*>(&bits);
-#pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          const float d = to_float(v[k]) - shift;
-          s1 += d;
-          s2 += d * d;
-        }
-      };
-      int q = threadIdx.x / vecs;
-      for (; q + 3 * step < pixels; q += 4 * step) {
-        uint4 v[4];
-#pragma unroll
-        for (int u = 0; u < 4; ++u) v[u] = *reinterpret_cast<const uint4*>(col + i64(q + u * step) * c);
-#pragma unroll
-        for (int u = 0; u < 4; ++u) add(v[u]);
-      }
-      for (; q < pixels; q += step) add(*reinterpret_cast<const uint4*>(col + i64(q) * c));
-    } else if (cp::kStatsThreads % cg == 0) {
+    if (cp::kStatsThreads % cg == 0) {
       // Each thread keeps one channel of the group and steps over pixels.
       const int j = threadIdx.x % cg, step = cp::kStatsThreads / cg;
       for (int q = threadIdx.x / cg; q < pixels; q += step) {
