@@ -11,8 +11,9 @@ shortcut-free residual if any). The composition is skipped above --reference-max
 (MLX's Linux CPU conv runs at ~2 GFLOP/s). --conv2d adds mx.conv2d alone on the same
 (upsampled) input - on MLX's CUDA build that is cuDNN - as the speed to compare the fused
 kernel's FLOP/s with, and for the normalised convs the conv primitive given the GroupNorm
-statistics (the fused op less its statistics pass, which reads the input once). --inner N evaluates N calls per timed run (GPU ops of a millisecond
-or less; the time reported is per call). Writes JSON and a PNG plot.
+statistics (the fused op less its statistics pass, which reads the input once). --inner N
+evaluates N calls per timed run (GPU ops of a millisecond or less; the time reported is per
+call). Writes JSON and a PNG plot.
 """
 
 from __future__ import annotations

@@ -176,11 +176,12 @@ void FusedConv3x3::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out
   const cp::KernelPlan plan =
       cp::plan_conv3x3(p, kernel_dtype(out), max_shared_bytes(stream()), vectors, wgmma_available(stream()));
   if (plan.name.rfind("fc_conv3x3_wgmma_", 0) == 0) {
-    // The wgmma kernel reads its weights repacked into whole tiles, in the weights' slot.
+    // The wgmma kernel reads its weights repacked into whole tiles, in the weights' slot
+    // (bound[1]); the temporary is handed to the encoder after the launch that reads it.
     const mx::array& w = inputs[slot.weight];
-    mx::array packed({int(cp::packed_weight_elements(p))}, w.dtype(), nullptr, {});
-    launch(stream(), cp::plan_pack_conv3x3_weights(p), {w}, {packed},
-           {p.o, p.c, int(cp::packed_weight_elements(p) / 8)});
+    const int elements = int(cp::packed_weight_elements(p));
+    mx::array packed({elements}, w.dtype(), nullptr, {});
+    launch(stream(), cp::plan_pack_conv3x3_weights(p), {w}, {packed}, {p.o, p.c, elements / 8});
     bound[1] = packed;
     launch(stream(), plan, bound, {out}, scalars);
     mx::cu::get_command_encoder(stream()).add_temporary(packed);
