@@ -122,9 +122,10 @@ int main(int argc, char** argv) {
       }
     }
     GroupNormStatsParams g{2, 96, 32, 1e-6f, 1000000};
-    const StatsSlices s = group_norm_slices(g);
     const Conv3x3Params wide{1, 512, 512, 1024, 512, 512, 1000, 32, 0, 1, 1, 1, 1, 0, 0};
-    for (const KernelPlan& k : {plan_group_norm_partial(g, s, dt), plan_group_norm_merge(g, dt),
+    for (const KernelPlan& k : {plan_group_norm_partial(g, group_norm_slices(g, false), dt, false),
+                                plan_group_norm_partial(g, group_norm_slices(g, true), dt, true),
+                                plan_group_norm_merge(g, dt),
                                 plan_pixel_norm_stats(PixelNormStatsParams{3000000, 96, 1e-6f}, dt),
                                 plan_pack_conv3x3_weights(wide)}) {
       printf("%s %s %u %u %u %u\n", k.module.c_str(), k.name.c_str(), k.blocks_x, k.blocks_y, k.threads,
@@ -176,6 +177,52 @@ def test_every_planned_kernel_exists_and_fits_the_architecture(cubins, plan_prin
         if "mma_" in name:
             assert int(conv["c"]) % 8 == 0 and conv["aligned"] == "1", line
             assert name.endswith("_act" if conv["silu"] == "1" else "_copy"), line
+
+
+STATS_PLAN_PRINTER = r"""
+#include <cstdio>
+#include <cstdlib>
+#include "cuda/plan.h"
+using namespace fusedconv;
+using namespace fusedconv::cuda_plan;
+int main(int argc, char** argv) {
+  const GroupNormStatsParams p{atoi(argv[1]), atoi(argv[2]), atoi(argv[3]), 1e-6f, atoll(argv[4])};
+  const KernelDType dt = atoi(argv[5]) == 4 ? KernelDType::float32 : KernelDType::bfloat16;
+  const bool rows = group_norm_rows(p, dt, atoi(argv[6]) != 0);
+  const StatsSlices s = group_norm_slices(p, rows);
+  const KernelPlan k = plan_group_norm_partial(p, s, dt, rows);
+  printf("%s %d %d %lld\n", k.name.c_str(), s.count, s.pixels, (long long)k.blocks_x * k.blocks_y);
+}
+"""
+
+
+@pytest.mark.parametrize("n, c, groups, hw, itemsize, aligned, kernel", [
+    (1, 128, 32, 1024 * 1024, 2, 1, "rows"),   # the decode's 128 channels: 4 a group
+    (2, 512, 32, 128 * 128, 2, 1, "rows"),
+    (1, 48, 16, 300 * 301, 2, 1, "rows"),      # 3 channels a group: a vector spans groups
+    (1, 2048, 32, 64, 2, 1, "rows"),           # 256 vectors a pixel: one pixel a step
+    (1, 2056, 8, 64, 2, 1, "element"),         # more vectors a pixel than threads
+    (1, 1028, 4, 64, 4, 1, "element"),         # float32: 4 channels a vector
+    (1, 30, 5, 35, 2, 1, "element"),           # C not a whole number of vectors
+    (1, 128, 32, 4096, 2, 0, "element"),       # x not on 16 bytes
+])
+def test_statistics_plan(tmp_path, n, c, groups, hw, itemsize, aligned, kernel):
+    (tmp_path / "main.cpp").write_text(STATS_PLAN_PRINTER)
+    subprocess.run(["g++", "-std=c++20", f"-I{CSRC}", str(tmp_path / "main.cpp"), "-o", str(tmp_path / "plan")],
+                   check=True)
+    name, count, pixels, blocks = subprocess.run(
+        [str(tmp_path / "plan"), *map(str, (n, c, groups, hw, itemsize, aligned))],
+        capture_output=True, text=True, check=True).stdout.split()
+    count, pixels, blocks = int(count), int(pixels), int(blocks)
+    rows = kernel == "rows"
+    assert name == ("fc_group_norm_partial_rows_" if rows else "fc_group_norm_partial_") + (
+        "float32" if itemsize == 4 else "bfloat16")
+    # Slices of whole pixels that cover the image, none empty, at most 256 (bounded scratch),
+    # about 64K elements each; a block per slice of an image (rows) or of an (image, group).
+    assert 1 <= count <= 256 and (count - 1) * pixels < hw <= count * pixels
+    per_pixel = c if rows else c // groups
+    assert count == 256 or pixels * per_pixel <= 2 * 65536
+    assert blocks == n * count * (1 if rows else groups)
 
 
 def mlx_cuda_package() -> Path:

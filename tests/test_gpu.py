@@ -96,11 +96,18 @@ def test_conv3x3_gpu_matches_cpu_fuzz(conv_kernel, call):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape, groups", [((2, 33, 17, 64), 32), ((1, 300, 301, 48), 16), ((1, 7, 5, 30), 5)],
-                         ids=["small", "many-slices", "group-of-6"])
-def test_group_norm_stats_gpu_matches_cpu(dtype, shape, groups):
-    # A large mean (50) over a small spread: the variance must not lose its digits.
-    x = (mx.random.normal(shape, key=mx.random.key(3)) * 2 + 50).astype(dtype)
+@pytest.mark.parametrize("shape, groups", [((2, 33, 17, 64), 32), ((1, 300, 301, 48), 16), ((1, 7, 5, 30), 5),
+                                           ((1, 96, 80, 128), 32), ((1, 5, 3, 2056), 8)],
+                         ids=["small", "many-slices", "group-of-6", "group-of-4", "wide"])
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "misaligned"])
+def test_group_norm_stats_gpu_matches_cpu(dtype, shape, groups, offset):
+    # A large mean (50) over a small spread: the variance must not lose its digits. The
+    # rows kernel takes C in whole 16-byte vectors (at most 256) of an aligned x; "wide",
+    # "group-of-6" and "misaligned" (x a view one element into its buffer) the element-wise one.
+    size = int(np.prod(shape))
+    flat = (mx.random.normal((size + offset,), key=mx.random.key(3)) * 2 + 50).astype(dtype)
+    mx.eval(flat)
+    x = flat[offset:].reshape(shape)
     gpu = fusedconv.group_norm_stats(x, groups, 1e-6, stream=mx.gpu)
     cpu = fusedconv.group_norm_stats(x, groups, 1e-6, stream=mx.cpu)
     np.testing.assert_allclose(np.array(gpu), np.array(cpu), rtol=2e-5, atol=1e-5)

@@ -107,15 +107,23 @@ inline KernelPlan plan_conv3x3(const Conv3x3Params& p, KernelDType dt, unsigned 
   return k;
 }
 
-// How many slices each (image, group) of the statistics is cut into: about
-// kStatsSliceElements elements each, at most kStatsMaxSlices (bounded scratch).
+// Whether the statistics take the rows kernel: C in whole 16-byte vectors, at most
+// kStatsThreads of them a pixel, x aligned to 16 bytes. Else the element-wise kernel.
+inline bool group_norm_rows(const GroupNormStatsParams& p, KernelDType dt, bool aligned) {
+  const int vec = int(16 / dtype_size(dt));
+  return aligned && p.c % vec == 0 && p.c / vec <= kStatsThreads;
+}
+
+// How many slices of pixels each image (rows kernel) or each (image, group) (element-wise
+// kernel) of the statistics is cut into: about kStatsSliceElements elements each, at most
+// kStatsMaxSlices (bounded scratch: 2 floats per (image, group, slice)).
 struct StatsSlices {
   int count;
   int pixels;  // per slice; the last may hold fewer
 };
 
-inline StatsSlices group_norm_slices(const GroupNormStatsParams& p) {
-  const long long elements = p.hw * (p.c / p.groups);
+inline StatsSlices group_norm_slices(const GroupNormStatsParams& p, bool rows) {
+  const long long elements = p.hw * (rows ? p.c : p.c / p.groups);
   long long count = ceil_div(elements, kStatsSliceElements);
   count = count < 1 ? 1 : (count > kStatsMaxSlices ? kStatsMaxSlices : count);
   const long long pixels = ceil_div(p.hw, count);
@@ -123,9 +131,11 @@ inline StatsSlices group_norm_slices(const GroupNormStatsParams& p) {
   return StatsSlices{int(ceil_div(p.hw, pixels)), int(pixels)};
 }
 
-inline KernelPlan plan_group_norm_partial(const GroupNormStatsParams& p, const StatsSlices& s, KernelDType dt) {
-  KernelPlan k{"group_norm_stats", std::string("fc_group_norm_partial_") + dtype_name(dt)};
-  set_grid(k, (long long)p.n * s.count * p.groups, kStatsThreads);
+inline KernelPlan plan_group_norm_partial(const GroupNormStatsParams& p, const StatsSlices& s, KernelDType dt,
+                                          bool rows) {
+  KernelPlan k{"group_norm_stats", std::string(rows ? "fc_group_norm_partial_rows_" : "fc_group_norm_partial_") +
+                                       dtype_name(dt)};
+  set_grid(k, (long long)p.n * s.count * (rows ? 1 : p.groups), kStatsThreads);
   return k;
 }
 

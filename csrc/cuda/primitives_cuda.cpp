@@ -110,6 +110,10 @@ unsigned max_shared_bytes(const mx::Stream& s) {
   return limits.emplace(ordinal, unsigned(bytes)).first->second;
 }
 
+// Whether an array's data starts on 16 bytes, read from its device address (array::data()
+// would copy the buffer to the host).
+bool aligned16(const mx::array& a) { return reinterpret_cast<uintptr_t>(mx::gpu_ptr<void>(a)) % 16 == 0; }
+
 void launch(const mx::Stream& s, const cp::KernelPlan& k, const std::vector<mx::array>& inputs,
             std::vector<mx::array> outputs, const std::vector<mx::fast::ScalarArg>& scalars) {
   std::vector<mx::Shape> shapes;
@@ -138,11 +142,12 @@ bool gpu_has_kernel(Op op) { return op != Op::linear && op != Op::attention; }
 void GroupNormStats::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
   const mx::array& x = inputs[0];
   const GroupNormStatsParams p = params(x);
-  const cp::StatsSlices slices = cp::group_norm_slices(p);
+  const bool rows = cp::group_norm_rows(p, kernel_dtype(x), aligned16(x));
+  const cp::StatsSlices slices = cp::group_norm_slices(p, rows);
   const int h = x.shape(1), w = x.shape(2);
   // The slices' shifted sums: kStatsMaxSlices x 2 floats per (image, group) at most.
   mx::array partials({p.n * p.groups * slices.count * 2}, mx::float32, nullptr, {});
-  launch(stream(), cp::plan_group_norm_partial(p, slices, kernel_dtype(x)), {x}, {partials},
+  launch(stream(), cp::plan_group_norm_partial(p, slices, kernel_dtype(x), rows), {x}, {partials},
          {p.n, h, w, p.c, p.groups, slices.count, slices.pixels});
   launch(stream(), cp::plan_group_norm_merge(p, kernel_dtype(x)), {partials, x}, {out},
          {p.n, h, w, p.c, p.groups, slices.count, p.eps});
@@ -170,9 +175,7 @@ void FusedConv3x3::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out
 #define FC_SCALAR(f) scalars.push_back(p.f);
   FC_CONV3X3_FIELDS(FC_SCALAR)
 #undef FC_SCALAR
-  // The device address (array::data() would copy the buffer to the host).
-  const auto aligned = [](const mx::array& a) { return reinterpret_cast<uintptr_t>(mx::gpu_ptr<void>(a)) % 16 == 0; };
-  const bool vectors = aligned(inputs[slot.x]) && aligned(inputs[slot.weight]);
+  const bool vectors = aligned16(inputs[slot.x]) && aligned16(inputs[slot.weight]);
   const cp::KernelPlan plan =
       cp::plan_conv3x3(p, kernel_dtype(out), max_shared_bytes(stream()), vectors, wgmma_available(stream()));
   if (plan.name.rfind("fc_conv3x3_wgmma_", 0) == 0) {

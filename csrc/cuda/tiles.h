@@ -47,9 +47,12 @@ constexpr int kSimtNarrowN = 8;
 constexpr int kSimtRgbN = 4;
 constexpr int kSimtBK = 16;
 
-// group_norm_stats: a block reduces one slice of one (image, group): about
-// kStatsSliceElements elements, at most kStatsMaxSlices slices per (image, group).
+// group_norm_stats: a block reduces one slice of pixels of an image (rows kernel) or of one
+// (image, group): about kStatsSliceElements elements, at most kStatsMaxSlices slices; the
+// rows kernel keeps kStatsRowLoads 16-byte loads a thread in flight (enough bytes in flight
+// for HBM at two blocks an SM).
 constexpr int kStatsThreads = 256;
+constexpr int kStatsRowLoads = 8;
 constexpr long long kStatsSliceElements = 65536;
 constexpr int kStatsMaxSlices = 256;
 constexpr int kStatsMergeThreads = 128;
