@@ -22,11 +22,15 @@ from wheels import mlx_wheel
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
-# A module per statistics .cu file and the wgmma kernel's weight packing; conv3x3.cu is
-# built once per kernel (CMakeLists.txt).
-CONV_KERNELS = (CSRC / "cuda" / "conv3x3_kernels.txt").read_text().split()
-MODULES = {"group_norm_stats": [], "pixel_norm_stats": [], "pack_conv3x3_weights": [],
-           **{k: ["-DFC_ONE_KERNEL=1", f"-DFC_KERNEL_{k}=1", "-diag-suppress=177"] for k in CONV_KERNELS}}
+# conv3x3.cu and group_norm_stats.cu are built once per kernel they list; the other .cu
+# files (the per-pixel norm's statistics, the wgmma kernel's weight packing) a module each
+# (CMakeLists.txt).
+SPLIT = {src: (CSRC / "cuda" / f"{src}_kernels.txt").read_text().split() for src in ("conv3x3", "group_norm_stats")}
+CONV_KERNELS = SPLIT["conv3x3"]
+SOURCE = {**{k: src for src, kernels in SPLIT.items() for k in kernels},
+          "pixel_norm_stats": "pixel_norm_stats", "pack_conv3x3_weights": "pack_conv3x3_weights"}
+MODULES = {m: (["-DFC_ONE_KERNEL=1", f"-DFC_KERNEL_{m}=1", "-diag-suppress=177"] if m != src else [])
+           for m, src in SOURCE.items()}
 NVCC = shutil.which("nvcc")
 # The most dynamic shared memory a block may opt into, per compute capability.
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024, 100: 227 * 1024,
@@ -54,7 +58,7 @@ def cubins(tmp_path_factory) -> dict:
     """(module, arch) -> (cubin path, ptxas report); (module, 'ptx') -> PTX path."""
     out = tmp_path_factory.mktemp("cuda")
     archs = default_architectures()
-    source = lambda m: str(CSRC / "cuda" / ("conv3x3.cu" if m in CONV_KERNELS else f"{m}.cu"))  # noqa: E731
+    source = lambda m: str(CSRC / "cuda" / f"{SOURCE[m]}.cu")  # noqa: E731
     # The wgmma kernels only for sm_90a, as CMake builds them.
     jobs = {(m, a): [*flags, "-arch", f"sm_{a}", "-cubin", "-Xptxas", "-v", "-o", str(out / f"{m}.sm_{a}.cubin"),
                      source(m)] for m, flags in MODULES.items() for a in archs if "_wgmma_" not in m or a == "90a"}
@@ -72,14 +76,15 @@ def test_every_source_compiles_for_every_default_architecture(cubins):
         assert path.stat().st_size > 0, (module, arch)
 
 
-def test_each_conv_module_holds_its_one_kernel(cubins):
+def test_each_split_module_holds_its_one_kernel(cubins):
     # MLX copies and hashes a module's image at every launch: one kernel a module.
-    for kernel in CONV_KERNELS:
-        for (module, arch), (path, _) in cubins.items():
-            if module == kernel and arch != "ptx":
-                image = path.read_bytes()
-                assert kernel.encode() + b"\0" in image
-                assert sum(other.encode() + b"\0" in image for other in CONV_KERNELS) == 1, (kernel, arch)
+    for kernels in SPLIT.values():
+        for kernel in kernels:
+            for (module, arch), (path, _) in cubins.items():
+                if module == kernel and arch != "ptx":
+                    image = path.read_bytes()
+                    assert kernel.encode() + b"\0" in image
+                    assert sum(other.encode() + b"\0" in image for other in kernels) == 1, (kernel, arch)
 
 
 def test_tensor_core_kernels_keep_their_accumulators_in_registers(cubins, plan_printer):

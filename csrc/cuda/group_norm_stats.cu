@@ -8,8 +8,10 @@
 //   multiple of the vector's channels, at most kStatsThreads vectors a pixel, x aligned);
 // - fc_group_norm_partial_<dtype>: any C: a block reduces one slice of one (image, group),
 //   element by element (a 2-byte load at a time: ~0.6 TB/s on an H200).
-// fc_group_norm_merge: a thread per (image, group) adds its slices' sums in slice order
-// (deterministic) in double and writes (mean, rstd).
+// fc_group_norm_merge_<dtype>: a warp per (image, group) adds its slices' sums in double,
+// in a fixed order (deterministic), and writes (mean, rstd).
+// Each kernel is its own module, as conv3x3.cu's are (FC_ONE_KERNEL; the names in
+// cuda/group_norm_stats_kernels.txt): MLX hashes a module's whole image at every launch.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -153,9 +155,15 @@ __device__ void group_norm_partial_rows(const T* __restrict__ x, float* __restri
     group_norm_partial<T>(x, partials, n, h, w, c, groups, slices, slice_pixels);                            \
   }
 
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_group_norm_partial_float32)
 FC_GN_PARTIAL(fc_group_norm_partial_float32, float)
+#endif
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_group_norm_partial_float16)
 FC_GN_PARTIAL(fc_group_norm_partial_float16, __half)
+#endif
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_group_norm_partial_bfloat16)
 FC_GN_PARTIAL(fc_group_norm_partial_bfloat16, __nv_bfloat16)
+#endif
 
 // (At least 2 blocks an SM: ptxas otherwise sank each load to its adds, one in flight.)
 #define FC_GN_PARTIAL_ROWS(NAME, T)                                                                          \
@@ -164,30 +172,44 @@ FC_GN_PARTIAL(fc_group_norm_partial_bfloat16, __nv_bfloat16)
     group_norm_partial_rows<T>(x, partials, n, h, w, c, groups, slices, slice_pixels);                       \
   }
 
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_group_norm_partial_rows_float32)
 FC_GN_PARTIAL_ROWS(fc_group_norm_partial_rows_float32, float)
+#endif
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_group_norm_partial_rows_float16)
 FC_GN_PARTIAL_ROWS(fc_group_norm_partial_rows_float16, __half)
+#endif
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_group_norm_partial_rows_bfloat16)
 FC_GN_PARTIAL_ROWS(fc_group_norm_partial_rows_bfloat16, __nv_bfloat16)
+#endif
 
-// x is read again for each (image, group)'s shift only; its dtype does not matter past
-// that one element, so the merge is instantiated per dtype for that read.
+// A warp per (image, group): the lanes add every 32nd slice's sums in double, then a fixed
+// shuffle tree adds the lanes' (deterministic). x is read again for each (image, group)'s
+// shift only; its dtype does not matter past that one element, so the merge is
+// instantiated per dtype for that read.
 template <typename T>
 __device__ void group_norm_merge(const float* __restrict__ partials, const T* __restrict__ x,
                                  float* __restrict__ out, int n_images, int h, int w, int c, int groups, int slices,
                                  float eps) {
-  const i64 row = (i64(blockIdx.y) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x;
-  if (row >= i64(n_images) * groups) return;
+  const i64 row = ((i64(blockIdx.y) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  if (row >= i64(n_images) * groups) return;  // (the whole warp: row is the warp's)
+  const int lane = threadIdx.x % 32;
+  double s1 = 0.0, s2 = 0.0;
+  for (int s = lane; s < slices; s += 32) {
+    s1 += partials[(row * slices + s) * 2];
+    s2 += partials[(row * slices + s) * 2 + 1];
+  }
+  for (int off = 16; off > 0; off /= 2) {
+    s1 += __shfl_xor_sync(0xffffffffu, s1, off);
+    s2 += __shfl_xor_sync(0xffffffffu, s2, off);
+  }
+  if (lane != 0) return;
   const i64 n = row / groups;
   const int g = int(row % groups), cg = c / groups;
   const i64 hw = i64(h) * w;
-  double s1 = 0.0, s2 = 0.0;
-  for (int s = 0; s < slices; ++s) {
-    s1 += partials[(i64(row) * slices + s) * 2];
-    s2 += partials[(i64(row) * slices + s) * 2 + 1];
-  }
   const double count = double(hw) * cg;
   const double mean_d = s1 / count, var = s2 / count - mean_d * mean_d;
-  out[i64(row) * 2] = float(to_float(x[i64(n) * hw * c + g * cg]) + mean_d);
-  out[i64(row) * 2 + 1] = float(1.0 / sqrt((var > 0.0 ? var : 0.0) + double(eps)));
+  out[row * 2] = float(to_float(x[n * hw * c + g * cg]) + mean_d);
+  out[row * 2 + 1] = float(1.0 / sqrt((var > 0.0 ? var : 0.0) + double(eps)));
 }
 
 #define FC_GN_MERGE(NAME, T)                                                                                  \
@@ -196,6 +218,12 @@ __device__ void group_norm_merge(const float* __restrict__ partials, const T* __
     group_norm_merge<T>(partials, x, out, n, h, w, c, groups, slices, eps);                                   \
   }
 
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_group_norm_merge_float32)
 FC_GN_MERGE(fc_group_norm_merge_float32, float)
+#endif
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_group_norm_merge_float16)
 FC_GN_MERGE(fc_group_norm_merge_float16, __half)
+#endif
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_group_norm_merge_bfloat16)
 FC_GN_MERGE(fc_group_norm_merge_bfloat16, __nv_bfloat16)
+#endif

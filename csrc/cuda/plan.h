@@ -16,7 +16,7 @@ using fusedconv::dtype_name;
 using fusedconv::KernelDType;
 
 struct KernelPlan {
-  std::string module;  // its cubin's stem: the .cu file's, or for conv3x3 the kernel's own
+  std::string module;  // its cubin's stem: the .cu file's, or the kernel's own (conv3x3, group_norm_stats)
   std::string name;    // the kernel's extern "C" name
   unsigned blocks_x = 1, blocks_y = 1;
   unsigned threads = 1;
@@ -133,15 +133,18 @@ inline StatsSlices group_norm_slices(const GroupNormStatsParams& p, bool rows) {
 
 inline KernelPlan plan_group_norm_partial(const GroupNormStatsParams& p, const StatsSlices& s, KernelDType dt,
                                           bool rows) {
-  KernelPlan k{"group_norm_stats", std::string(rows ? "fc_group_norm_partial_rows_" : "fc_group_norm_partial_") +
-                                       dtype_name(dt)};
+  KernelPlan k;
+  k.name = std::string(rows ? "fc_group_norm_partial_rows_" : "fc_group_norm_partial_") + dtype_name(dt);
+  k.module = k.name;
   set_grid(k, (long long)p.n * s.count * (rows ? 1 : p.groups), kStatsThreads);
   return k;
 }
 
 inline KernelPlan plan_group_norm_merge(const GroupNormStatsParams& p, KernelDType dt) {
-  KernelPlan k{"group_norm_stats", std::string("fc_group_norm_merge_") + dtype_name(dt)};
-  set_grid(k, ceil_div((long long)p.n * p.groups, kStatsMergeThreads), kStatsMergeThreads);
+  KernelPlan k;
+  k.name = std::string("fc_group_norm_merge_") + dtype_name(dt);
+  k.module = k.name;
+  set_grid(k, ceil_div((long long)p.n * p.groups * 32, kStatsMergeThreads), kStatsMergeThreads);
   return k;
 }
 

@@ -55,7 +55,7 @@ constexpr int kStatsThreads = 256;
 constexpr int kStatsRowLoads = 8;
 constexpr long long kStatsSliceElements = 65536;
 constexpr int kStatsMaxSlices = 256;
-constexpr int kStatsMergeThreads = 128;
+constexpr int kStatsMergeThreads = 128;  // a warp per (image, group)
 
 // pixel_norm_stats: one warp per pixel, kPixelStatsThreads / 32 pixels per block.
 constexpr int kPixelStatsThreads = 256;
