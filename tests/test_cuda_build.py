@@ -93,7 +93,7 @@ def test_tensor_core_kernels_keep_their_accumulators_in_registers(cubins, plan_p
     mma_bytes = int(subprocess.run([str(plan_printer), "0", "0"], capture_output=True, text=True,
                                    check=True).stdout.split("\n")[0].split()[1])
     for arch in (a for a in default_architectures() if SHARED_LIMIT[capability(a)] >= mma_bytes):
-        kinds = ("mma", "wgmma") if arch == "90a" else ("mma",)
+        kinds = ("mma", "narrow", "wgmma") if arch == "90a" else ("mma", "narrow")
         for kernel in (f"fc_conv3x3_{kind}_{dt}_{prologue}" for kind in kinds for dt in ("bfloat16", "float16")
                        for prologue in ("act", "copy")):
             report = cubins[(kernel, arch)][1]
@@ -177,10 +177,15 @@ def test_every_planned_kernel_exists_and_fits_the_architecture(cubins, plan_prin
     assert len(tensor) == (4 if fits else 0) and all(kind in n for n in tensor), (arch, sorted(names))
     # They copy 8-channel vectors: C % 8 != 0 or a misaligned x / w takes the CUDA-core kernel;
     # without a norm or SiLU they copy the input as it is.
+    # Few output channels (O <= 8) of such inputs take the narrow tensor-core kernel, on
+    # every architecture (its static shared memory fits them all).
+    assert len({n for n in names if "_narrow_" in n}) == 4, (arch, sorted(names))
     for line in (line for line in lines[2:] if " conv " in line):
         name, conv = line.split()[1], dict(kv.split("=") for kv in line.split(" conv ")[1].split())
-        if "mma_" in name:
-            assert int(conv["c"]) % 8 == 0 and conv["aligned"] == "1", line
+        vectors = "float32" not in name and int(conv["c"]) % 8 == 0 and conv["aligned"] == "1" and int(conv["c"]) <= 1024
+        assert ("_narrow_" in name) == (vectors and int(conv["o"]) <= 8), line
+        if "mma_" in name or "_narrow_" in name:
+            assert vectors, line
             assert name.endswith("_act" if conv["silu"] == "1" else "_copy"), line
 
 

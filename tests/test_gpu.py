@@ -20,9 +20,9 @@ pytestmark = pytest.mark.skipif(GPU_BACKEND is None, reason="needs MLX with Meta
 
 # Beyond the emulator's shapes, the CUDA kernels' edges: widths and heights that are not
 # multiples of the 8 x 32 tile, channel counts that are and are not multiples of the 8-wide
-# vector loads, more output channels than one tile, O = 9 (just past the narrow kernel),
-# and more input channels than the tensor-core kernel's norm table (the CUDA-core kernel
-# in 16-bit dtypes).
+# vector loads, more output channels than one tile, O = 9 (just past the narrow kernels),
+# more input channels than the tensor-core kernel's norm table (the CUDA-core kernel in
+# 16-bit dtypes), and O <= 8 of vector inputs (the narrow tensor-core kernel: conv_out).
 GPU_SHAPES = CONV_SHAPES + [
     (1, 2, 130, 24, 136, 8, 1, "residual"),
     (1, 3, 70, 40, 20, 4, 2, "shortcut"),
@@ -32,6 +32,9 @@ GPU_SHAPES = CONV_SHAPES + [
     (1, 3, 9, 1040, 16, 8, 1, "residual"),
     (1, 9, 130, 64, 256, 32, 1, "residual"),
     (2, 5, 67, 48, 136, 16, 2, "shortcut"),
+    (1, 9, 70, 128, 3, 32, 1, "none"),
+    (1, 5, 40, 24, 8, 4, 2, "residual"),
+    (2, 4, 33, 32, 1, 8, 1, "shortcut"),
 ]
 # On CUDA the conv has two tensor-core kernels: wgmma where the sm_90a cubin runs (Hopper)
 # and mma.sync (other GPUs, or forced by FUSEDCONV_CUDA_WGMMA=0); on Hopper both are tested.

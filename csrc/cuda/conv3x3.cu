@@ -4,7 +4,7 @@
 // scratch that grows with the image (the wgmma kernel's repacked weights are the weights'
 // size): M = output pixels, N = output channels, K = 9 taps x input channels.
 //
-// Three kernels, each instantiated by name (extern "C", loaded by MLX's
+// Four kernels, each instantiated by name (extern "C", loaded by MLX's
 // precompiled_cuda_kernel from its own cubin of this file):
 // - fc_conv3x3_wgmma_<dtype>_<act|copy> (Hopper, sm_90a; bf16/fp16 under the mma kernel's
 //   conditions): two warpgroups of wgmma with both operands in shared memory, the weights
@@ -13,11 +13,11 @@
 //   mma.sync m16n8k16 tensor cores, f32 accumulation; the staged halo rows are the A
 //   operand of all 9 taps (each tap is the same tile shifted by (ky, kx)), loaded with
 //   ldmatrix; `_act` activates the input (norm, SiLU), `_copy` takes it as it is;
-// - fc_conv3x3_simt_<dtype>_<TN> (TN = 32, 8 or 4 output channels a thread; float32 at full
-//   precision; O <= 8 such as conv_out's 3 channels (TN = 4), where a tensor-core tile would
-//   be mostly empty; inputs the tensor-core
-//   kernel cannot copy as 16-byte vectors; GPUs whose blocks cannot have its shared
-//   memory): f32 FMA.
+// - fc_conv3x3_narrow_<dtype>_<act|copy> (the mma kernel's inputs, O <= 8 such as
+//   conv_out's 3 channels): one n8 fragment, small blocks several to an SM;
+// - fc_conv3x3_simt_<dtype>_<TN> (TN = 32, 8 or 4 output channels a thread): float32 at full
+//   precision, inputs the tensor-core kernels cannot copy as 16-byte vectors, GPUs whose
+//   blocks cannot have their shared memory: f32 FMA.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -115,6 +115,10 @@ __device__ inline void ldmatrix_x4(uint32_t (&r)[4], uint32_t row) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(row));
+}
+
+__device__ inline void ldmatrix_x2(uint32_t (&r)[2], uint32_t row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(row));
 }
 
 template <typename T>
@@ -649,6 +653,127 @@ __device__ void conv3x3_mma(const T* __restrict__ x, const T* __restrict__ w, co
   }, t.o0 + wn, out, bias, residual, shortcut_bias);
 }
 
+// The conv of few output channels (O <= kNarrowN: a decoder's conv_out, 3 channels) on
+// tensor cores, for the mma kernel's inputs: 8 warps over an 8 x 32 tile, warp w on tile
+// row w (two m16 fragments) x one n8 fragment of all the outputs; 16 input channels a chunk.
+// Its work is the input's activation, not the MMA: small blocks (static shared memory,
+// about 43 KiB, several blocks an SM) hide each other's loads; within a block the next
+// chunk's raw input and weights are copied while the tensor cores work on this one.
+template <typename T, bool ACT>
+__device__ void conv3x3_narrow(const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ stats,
+                               const T* __restrict__ gamma, const T* __restrict__ beta, const T* __restrict__ bias,
+                               const T* __restrict__ residual, const T* __restrict__ shortcut_x,
+                               const T* __restrict__ shortcut_w, const T* __restrict__ shortcut_bias,
+                               T* __restrict__ out, const Conv3x3Params& p) {
+  constexpr int TR = cp::kTileRows, TC = cp::kTileCols, TM = TR * TC, TN = cp::kNarrowN, BK = cp::kMmaBK;
+  constexpr int LDS = cp::kMmaRowStride, NT = cp::kNarrowThreads;
+  typedef MmaHalo<T, TR, TC, BK, NT> Halo;
+  static_assert(TC == 32 && TR * 32 == NT && TN == 8 && BK == 16, "a warp a tile row: two m16n8k16 per tap");
+  static_assert(TM <= Halo::PIXELS && 9 * TN * (BK / 8) <= NT, "the shortcut fits the halo; a weight vector a thread");
+  typedef PixelLayout<BK, 8> Staged;                  // [HR * HC][BK]
+  typedef PixelLayout<LDS, 8> HaloRows;               // [HR][HC][LDS]
+  typedef WeightLayout<TN * LDS, LDS, 8> WeightRows;  // [tap][TN][LDS]
+  __shared__ __align__(16) T halo[Halo::PIXELS * LDS];
+  __shared__ __align__(16) T staged[ACT ? Halo::PIXELS * BK : 8];
+  __shared__ __align__(16) T wt[2][9 * TN * LDS];
+  __shared__ __align__(16) float norm_floats[ACT ? 2 * cp::kMmaMaxNormChannels : 1];
+  __shared__ float pixel_stats[Halo::PIXELS];
+  const NormTable norm{norm_floats, norm_floats + cp::kMmaMaxNormChannels};
+
+  Tile t;
+  if (!tile_of_block(p, TN, t)) return;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  float acc[2][1][4];
+  zero(acc);
+  const int chunks = (p.c + BK - 1) / BK;
+  if (ACT) fill_norm_table<T, NT>(p, stats, gamma, beta, t.n, chunks * BK, norm);
+  // Weights of chunk c0: thread r * 2 + half copies tap r % 9 of output r / 9, 8 channels.
+  const auto stage_weights = [&](int c0, T* dst) {
+    if (tid < 9 * TN * 2) {
+      const int r = tid / 2, nn = r / 9, tap = r % 9, k8 = (tid % 2) * 8, o = t.o0 + nn;
+      const bool valid = o < p.o && c0 + k8 < p.c;
+      cp_async16(dst + WeightRows::at(tap, nn, k8), valid ? w + (i64(o) * 9 + tap) * p.c + c0 + k8 : w, valid);
+    }
+  };
+  Halo halo_in;
+  halo_in.init(p, x, stats, t, pixel_stats);
+  if (ACT) halo_in.template copy<Staged>(p, x, 0, true, staged);
+  else halo_in.template copy<HaloRows>(p, x, 0, true, halo);
+  stage_weights(0, wt[0]);
+  cp_async_commit();
+
+  // A: this lane's ldmatrix row of fragment mi, tap (ky, kx): halo pixel (warp + ky, kx +
+  // 16 mi + lane % 16), channels (lane / 16) * 8 on; B: output lane % 8, channels 8 ((lane /
+  // 8) % 2) on (ldmatrix .x2 reads the first 16 lanes' rows).
+  constexpr int ROW_BYTES = LDS * sizeof(T);
+  const uint32_t a_lane = smem_address(halo) + (warp * Halo::HC + lane % 16) * ROW_BYTES + (lane / 16) * 16;
+  const uint32_t b_lane = (lane % 8) * ROW_BYTES + ((lane / 8) % 2) * 16;
+  for (int chunk = 0; chunk < chunks; ++chunk) {
+    const int c_next = (chunk + 1) * BK;
+    const bool more = chunk + 1 < chunks;
+    cp_async_wait_all();
+    __syncthreads();  // this chunk's input staged (or in the halo) and weights landed; last chunk's taps done
+    if (ACT) halo_in.template activate<Staged, HaloRows>(p, norm, pixel_stats, chunk * BK, staged, halo);
+    __syncthreads();
+    if (more) {
+      // The next chunk's raw input (into the halo itself without an activation: only once
+      // this chunk's taps are done) and weights go out now, during this chunk's taps.
+      if (ACT) halo_in.template copy<Staged>(p, x, c_next, true, staged);
+      stage_weights(c_next, wt[(chunk + 1) % 2]);
+    }
+    cp_async_commit();
+    const uint32_t b = smem_address(wt[chunk % 2]) + b_lane;
+#pragma unroll
+    for (int tap = 0; tap < 9; ++tap) {
+      uint32_t bf[2];
+      ldmatrix_x2(bf, b + tap * TN * ROW_BYTES);
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi) {
+        uint32_t af[4];
+        ldmatrix_x4(af, a_lane + ((tap / 3) * Halo::HC + tap % 3 + 16 * mi) * ROW_BYTES);
+        mma_16816<T>(acc[mi][0], af, bf);
+      }
+    }
+    if (!ACT && more) {
+      __syncthreads();  // every warp's taps done with the halo
+      halo_in.template copy<HaloRows>(p, x, c_next, true, halo);
+      cp_async_commit();
+    }
+  }
+  cp_async_wait_all();
+  __syncthreads();
+
+  // A resnet's 1x1 shortcut: acc += shortcut_x[pixels] (TM x Cs) * shortcut_w^T (Cs x TN),
+  // element by element into the halo ([TM][LDS]) and the first weight buffer ([TN][LDS]).
+  for (int c0 = 0; c0 < p.shortcut_c; c0 += BK) {
+    for (int u = tid; u < TM * BK; u += NT) {
+      const int k = u % BK, m = u / BK, yy = t.y0 + m / TC, xx = t.x0 + m % TC, c = c0 + k;
+      halo[m * LDS + k] = (c < p.shortcut_c && yy < p.ho && xx < p.wo)
+                              ? shortcut_x[((i64(t.n) * p.ho + yy) * p.wo + xx) * p.shortcut_c + c]
+                              : Elem<T>::store(0.0f);
+    }
+    for (int u = tid; u < TN * BK; u += NT) {
+      const int k = u % BK, nn = u / BK, o = t.o0 + nn, c = c0 + k;
+      wt[0][nn * LDS + k] =
+          (c < p.shortcut_c && o < p.o) ? shortcut_w[i64(o) * p.shortcut_c + c] : Elem<T>::store(0.0f);
+    }
+    __syncthreads();
+    uint32_t bf[2];
+    ldmatrix_x2(bf, smem_address(wt[0]) + b_lane);
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi) {
+      uint32_t af[4];
+      ldmatrix_x4(af, smem_address(halo) + (warp * TC + 16 * mi + lane % 16) * ROW_BYTES + (lane / 16) * 16);
+      mma_16816<T>(acc[mi][0], af, bf);
+    }
+    __syncthreads();
+  }
+
+  store_fragments<T>(p, t, acc, [&](int mi, int half) {
+    return int2{warp, 16 * mi + lane / 4 + half * 8};
+  }, t.o0, out, bias, residual, shortcut_bias);
+}
+
 // ---- Hopper tensor cores (wgmma, sm_90a) ---------------------------------------------
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -1092,6 +1217,7 @@ __device__ void conv3x3_simt(const T* __restrict__ x, const T* __restrict__ w, c
 #define FC_MMA_BOUNDS (cp::kMmaThreads, 1)
 #define FC_WGMMA_BOUNDS (cp::kWgmmaThreads, 1)
 #define FC_SIMT_BOUNDS (cp::kSimtThreads)
+#define FC_NARROW_BOUNDS (cp::kNarrowThreads, cp::kNarrowBlocksPerSM)
 
 // Each kernel is built as its own module: MLX copies and hashes a kernel's whole module
 // image at every launch (precompiled_cuda_kernel), and one cubin of all of them (2 MB for
@@ -1109,6 +1235,18 @@ FC_CONV_KERNEL(fc_conv3x3_mma_float16_copy, __half, (conv3x3_mma<__half, false>)
 #endif
 #if (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_mma_float16_act)
 FC_CONV_KERNEL(fc_conv3x3_mma_float16_act, __half, (conv3x3_mma<__half, true>), FC_MMA_BOUNDS)
+#endif
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_narrow_bfloat16_copy)
+FC_CONV_KERNEL(fc_conv3x3_narrow_bfloat16_copy, __nv_bfloat16, (conv3x3_narrow<__nv_bfloat16, false>), FC_NARROW_BOUNDS)
+#endif
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_narrow_bfloat16_act)
+FC_CONV_KERNEL(fc_conv3x3_narrow_bfloat16_act, __nv_bfloat16, (conv3x3_narrow<__nv_bfloat16, true>), FC_NARROW_BOUNDS)
+#endif
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_narrow_float16_copy)
+FC_CONV_KERNEL(fc_conv3x3_narrow_float16_copy, __half, (conv3x3_narrow<__half, false>), FC_NARROW_BOUNDS)
+#endif
+#if (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_narrow_float16_act)
+FC_CONV_KERNEL(fc_conv3x3_narrow_float16_act, __half, (conv3x3_narrow<__half, true>), FC_NARROW_BOUNDS)
 #endif
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL) && (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_wgmma_bfloat16_copy)
 FC_CONV_KERNEL(fc_conv3x3_wgmma_bfloat16_copy, __nv_bfloat16, (conv3x3_wgmma<__nv_bfloat16, false>), FC_WGMMA_BOUNDS)

@@ -82,19 +82,26 @@ inline KernelPlan plan_conv3x3(const Conv3x3Params& p, KernelDType dt, unsigned 
   KernelPlan k;
   // It also addresses an image's input in 32-bit counts of 8-element vectors.
   const bool vectors = p.c % 8 == 0 && aligned && (long long)p.h * p.w * (p.c / 8) < 0xffffffffll;
-  const bool tensor_cores = dt != KernelDType::float32 && p.o > kSimtNarrowN && p.c <= kMmaMaxNormChannels && vectors;
-  const bool wgmma = tensor_cores && sm90a && wgmma_shared_bytes() <= max_shared_bytes;
-  const bool mma = tensor_cores && mma_shared_bytes() <= max_shared_bytes;
+  const bool tensor_inputs = dt != KernelDType::float32 && p.c <= kMmaMaxNormChannels && vectors;
+  const bool narrow = tensor_inputs && p.o <= kNarrowN;
+  const bool wgmma = tensor_inputs && !narrow && sm90a && wgmma_shared_bytes() <= max_shared_bytes;
+  const bool mma = tensor_inputs && !narrow && mma_shared_bytes() <= max_shared_bytes;
+  // Without a norm or SiLU the input is copied into the halo as it is.
+  const char* prologue = p.groups > 0 || p.pixel_norm || p.silu ? "_act" : "_copy";
+  if (narrow) {
+    k.name = std::string("fc_conv3x3_narrow_") + dtype_name(dt) + prologue;
+    k.module = k.name;
+    set_grid(k, conv_tiles(p, kTileRows, kTileCols, kNarrowN), kNarrowThreads);
+    return k;
+  }
   if (!wgmma && !mma) {
-    // f32 at full precision; few output channels would leave a tensor-core tile empty.
+    // f32 at full precision; inputs not in aligned 8-channel vectors; GPUs short of shared memory.
     const int tn = p.o <= kSimtRgbN ? kSimtRgbN : p.o <= kSimtNarrowN ? kSimtNarrowN : kSimtTileN;
     k.name = std::string("fc_conv3x3_simt_") + dtype_name(dt) + "_" + std::to_string(tn);
     k.module = k.name;
     set_grid(k, conv_tiles(p, kTileRows, kTileCols, tn), kSimtThreads);
     return k;
   }
-  // Without a norm or SiLU the input is copied into the halo as it is.
-  const char* prologue = p.groups > 0 || p.pixel_norm || p.silu ? "_act" : "_copy";
   k.name = std::string(wgmma ? "fc_conv3x3_wgmma_" : "fc_conv3x3_mma_") + dtype_name(dt) + prologue;
   k.module = k.name;
   if (wgmma) {

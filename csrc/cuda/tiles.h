@@ -37,10 +37,18 @@ constexpr int kWgmmaTileN = 128;
 constexpr int kWgmmaStages = 3;
 constexpr int kPackThreads = 256;
 
-// On CUDA cores (float32, any dtype with few output channels, and where the tensor-core
-// kernel does not fit): a thread per output pixel of the tile computes kSimtTileN (or
-// kSimtNarrowN for O <= 8, kSimtRgbN for O <= 4: a decoder's conv_out) output channels,
-// staging kSimtBK input channels at a time in f32.
+// Few output channels (O <= kNarrowN: conv_out's 3) on tensor cores, under the mma
+// kernel's conditions on the input: a block of 8 warps over a kTileRows x kTileCols tile
+// (a warp a row, one n8 fragment), static shared memory of about 43 KiB so that
+// kNarrowBlocksPerSM blocks share an SM (64 registers a thread at most).
+constexpr int kNarrowN = 8;
+constexpr int kNarrowThreads = 256;
+constexpr int kNarrowBlocksPerSM = 3;
+
+// On CUDA cores (float32, inputs the tensor-core kernels cannot copy as 16-byte vectors,
+// and where their shared memory does not fit): a thread per output pixel of the tile
+// computes kSimtTileN (or kSimtNarrowN for O <= 8, kSimtRgbN for O <= 4: a decoder's
+// conv_out) output channels, staging kSimtBK input channels at a time in f32.
 constexpr int kSimtThreads = kTileRows * kTileCols;
 constexpr int kSimtTileN = 32;
 constexpr int kSimtNarrowN = 8;
