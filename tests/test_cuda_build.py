@@ -1,8 +1,8 @@
 """The CUDA backend's sources, built without a GPU (CI has nvcc, never an NVIDIA GPU; the
 kernels run in tests/test_gpu.py on an H200 through the device machine):
 1. every .cu file compiles with nvcc for each architecture the build defaults to (and to PTX
-   for the first), and the tensor-core kernel keeps its accumulators in registers (no stack
-   frame, no spills);
+   for the first), the tensor-core kernels keep their accumulators in registers (no stack
+   frame, no spills), and the installed images are compressed fatbins;
 2. every kernel the dispatch plans (csrc/cuda/plan.h) can name is in its module's cubin, and
    its dynamic shared memory fits each architecture's per-block limit;
 3. the host glue (csrc/cuda/primitives_cuda.cpp) compiles against MLX 0.32.4's CUDA headers
@@ -85,6 +85,21 @@ def test_each_split_module_holds_its_one_kernel(cubins):
                     image = path.read_bytes()
                     assert kernel.encode() + b"\0" in image
                     assert sum(other.encode() + b"\0" in image for other in kernels) == 1, (kernel, arch)
+
+
+def test_installed_images_are_compressed_fatbins(tmp_path):
+    """CMake installs each module's machine code as a compressed fatbin (MLX hashes the image at
+    every launch; the driver loads a fatbin as it does a cubin): built with CMake's flags, the
+    wgmma conv's image is a fatbin (its magic number) well under its cubin's size."""
+    flags = re.search(r"set\(FC_FATBIN ([^)]*)\)", (ROOT / "CMakeLists.txt").read_text()).group(1).split()
+    kernel = "fc_conv3x3_wgmma_bfloat16_act"
+    image, cubin = tmp_path / "k.fatbin", tmp_path / "k.cubin"
+    for out, kind in ((image, flags), (cubin, ["-cubin"])):
+        res = nvcc([*MODULES[kernel], "-gencode", "arch=compute_90a,code=sm_90a", *kind, "-o", str(out),
+                    str(CSRC / "cuda" / "conv3x3.cu")])
+        assert res.returncode == 0, res.stderr
+    assert image.read_bytes()[:4] == (0xBA55ED50).to_bytes(4, "little")
+    assert image.stat().st_size < 0.4 * cubin.stat().st_size, (image.stat().st_size, cubin.stat().st_size)
 
 
 def test_tensor_core_kernels_keep_their_accumulators_in_registers(cubins, plan_printer):

@@ -5,7 +5,7 @@
 // size): M = output pixels, N = output channels, K = 9 taps x input channels.
 //
 // Four kernels, each instantiated by name (extern "C", loaded by MLX's
-// precompiled_cuda_kernel from its own cubin of this file):
+// precompiled_cuda_kernel from its own module of this file):
 // - fc_conv3x3_wgmma_<dtype>_<act|copy> (Hopper, sm_90a; bf16/fp16 under the mma kernel's
 //   conditions): two warpgroups of wgmma with both operands in shared memory, the weights
 //   repacked per call (pack_conv3x3_weights.cu) and moved by bulk copies;
@@ -1221,7 +1221,8 @@ __device__ void conv3x3_simt(const T* __restrict__ x, const T* __restrict__ w, c
 
 // Each kernel is built as its own module: MLX copies and hashes a kernel's whole module
 // image at every launch (precompiled_cuda_kernel), and one cubin of all of them (2 MB for
-// sm_90a) cost about 0.45 ms of CPU a launch. CMake compiles this file once per kernel with
+// sm_90a) cost about 0.45 ms of CPU a launch (CMake also compresses each module's image:
+// 268 -> 59 KB for a wgmma kernel). CMake compiles this file once per kernel with
 // FC_ONE_KERNEL and FC_KERNEL_<name> defined (cuda/conv3x3_kernels.txt lists the names);
 // without FC_ONE_KERNEL every kernel is built. The wgmma kernels exist only for sm_90a.
 #if (!FC_ONE_KERNEL || FC_KERNEL_fc_conv3x3_mma_bfloat16_copy)

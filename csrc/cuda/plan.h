@@ -16,7 +16,7 @@ using fusedconv::dtype_name;
 using fusedconv::KernelDType;
 
 struct KernelPlan {
-  std::string module;  // its cubin's stem: the .cu file's, or the kernel's own (conv3x3, group_norm_stats)
+  std::string module;  // its image's stem: the .cu file's, or the kernel's own (conv3x3, group_norm_stats)
   std::string name;    // the kernel's extern "C" name
   unsigned blocks_x = 1, blocks_y = 1;
   unsigned threads = 1;
@@ -75,7 +75,7 @@ inline KernelPlan plan_pack_conv3x3_weights(const Conv3x3Params& p) {
 
 // max_shared_bytes: the most dynamic shared memory the device lets one block opt into;
 // aligned: x and the weights start on 16 bytes (the tensor-core kernels copy 8-channel
-// vectors, so they also need C % 8 == 0); sm90a: the device loads sm_90a cubins and the
+// vectors, so they also need C % 8 == 0); sm90a: the device loads sm_90a code and the
 // wgmma kernels' are installed.
 inline KernelPlan plan_conv3x3(const Conv3x3Params& p, KernelDType dt, unsigned max_shared_bytes, bool aligned,
                                bool sm90a) {

@@ -3,12 +3,13 @@
 //
 // Each kernel goes through MLX's public precompiled_cuda_kernel primitive (mlx/fast.h):
 // evaluating that primitive on our arrays allocates them in device memory on the
-// stream's pool (counted by MLX's allocator), loads the cubin once per device, and adds
+// stream's pool (counted by MLX's allocator), loads the module once per device, and adds
 // the kernel to the stream's CUDA graph with its inputs and outputs as dependencies.
 // MLX's own launch helpers cannot be used from an extension: libmlx links the CUDA
 // runtime statically (a kernel address of ours means nothing to it) and its device
-// allocation entry points are not exported. The cubins are built per architecture
-// (CMake: FUSEDCONV_CUDA_ARCHITECTURES) and installed beside this module under cuda/.
+// allocation entry points are not exported. The kernels' machine code is built per
+// architecture (CMake: FUSEDCONV_CUDA_ARCHITECTURES) as compressed fatbins (the driver
+// loads those as it does cubins) and installed beside this module under cuda/.
 #include <dlfcn.h>
 
 #include <cstdlib>
@@ -51,15 +52,17 @@ std::string read_file(const fs::path& path) {
   return s.str();
 }
 
-// A module's cubin for compute capability major.minor (suffix "a": the arch-specific one).
-fs::path cubin_path(const std::string& module, int major, int minor, const char* suffix = "") {
-  return kernel_dir() / (module + ".sm_" + std::to_string(major) + std::to_string(minor) + suffix + ".cubin");
+// A module's machine code for compute capability major.minor (suffix "a": the
+// arch-specific one).
+fs::path machine_code_path(const std::string& module, int major, int minor, const char* suffix = "") {
+  return kernel_dir() / (module + ".sm_" + std::to_string(major) + std::to_string(minor) + suffix + ".fatbin");
 }
 
-// One module's kernels for the stream's device: the cubin of the newest architecture
-// built that the device runs (an arch-specific "a" cubin for its exact compute capability,
-// else the same major version with minor <= the device's), else the PTX, which the driver
-// compiles for it. (MLX copies and hashes the image at every launch: modules are kept small.)
+// One module's kernels for the stream's device: the machine code of the newest
+// architecture built that the device runs (arch-specific "a" code for its exact compute
+// capability, else the same major version with minor <= the device's), else the PTX, which
+// the driver compiles for it. (MLX copies and hashes the image at every launch: modules
+// are kept small, and compressed.)
 const std::string& module_image(const std::string& module, const mx::Stream& s) {
   static std::mutex mutex;
   static std::map<std::pair<std::string, int>, std::string> images;
@@ -68,10 +71,10 @@ const std::string& module_image(const std::string& module, const mx::Stream& s) 
   std::lock_guard lock(mutex);
   const auto key = std::make_pair(module, major * 10 + minor);
   if (auto it = images.find(key); it != images.end()) return it->second;
-  fs::path chosen = cubin_path(module, major, minor, "a");
+  fs::path chosen = machine_code_path(module, major, minor, "a");
   if (!fs::exists(chosen)) chosen.clear();
   for (int m = minor; m >= 0 && chosen.empty(); --m) {
-    if (fs::exists(cubin_path(module, major, m))) chosen = cubin_path(module, major, m);
+    if (fs::exists(machine_code_path(module, major, m))) chosen = machine_code_path(module, major, m);
   }
   if (chosen.empty() && fs::exists(kernel_dir() / (module + ".ptx"))) chosen = kernel_dir() / (module + ".ptx");
   if (chosen.empty()) {
@@ -83,14 +86,14 @@ const std::string& module_image(const std::string& module, const mx::Stream& s) 
 }
 
 // Whether the conv may take a wgmma kernel: the device is compute capability 9.0 and the
-// build installed the kernels' sm_90a cubins. FUSEDCONV_CUDA_WGMMA=0 keeps Hopper on the
+// build installed the kernels' sm_90a machine code. FUSEDCONV_CUDA_WGMMA=0 keeps Hopper on the
 // mma.sync kernel (to compare the two, and to test both on one GPU); read at every launch,
 // as the tests switch it.
 bool wgmma_available(const mx::Stream& s) {
   const char* v = std::getenv("FUSEDCONV_CUDA_WGMMA");
   if (v && std::string(v) == "0") return false;
   auto& device = mx::cu::device(s.device);
-  static const bool installed = fs::exists(cubin_path("fc_conv3x3_wgmma_bfloat16_act", 9, 0, "a"));
+  static const bool installed = fs::exists(machine_code_path("fc_conv3x3_wgmma_bfloat16_act", 9, 0, "a"));
   return device.compute_capability_major() == 9 && device.compute_capability_minor() == 0 && installed;
 }
 
