@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
+import math
 import os
 import platform
 import resource
@@ -92,11 +94,47 @@ def write_json(path: Path, payload: dict) -> None:
     print(f"wrote {path}")
 
 
+def image_size(text: str):
+    """An image size on the command line (argparse type): N for N x N, or HxW (height x
+    width). Returns N, or "HxW" where the sides differ, which is how results name it."""
+    h, sep, w = text.lower().partition("x")
+    try:
+        height, width = int(h), int(w if sep else h)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"image size {text!r}: expected N or HxW, e.g. 1024 or 1536x2304") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"image size {text!r}: sides must be positive")
+    return height if height == width else f"{height}x{width}"
+
+
+def size_hw(size) -> tuple:
+    """(height, width) of a size as image_size returns it."""
+    if isinstance(size, int):
+        return size, size
+    h, w = size.split("x")
+    return int(h), int(w)
+
+
+def size_side(size) -> float:
+    """The side of the square with as many pixels: the plots' x axis."""
+    h, w = size_hw(size)
+    return math.sqrt(h * w)
+
+
+def latent_hw(size, factor: int) -> tuple:
+    """The latent's (height, width) that decodes to `size` at the VAE's upsample factor."""
+    h, w = size_hw(size)
+    if h % factor or w % factor:
+        raise ValueError(f"image size {size}: both sides must be multiples of the VAE's upsample factor {factor}")
+    return h // factor, w // factor
+
+
 def log_axes(ax, title: str, unit: str) -> None:
-    """The benchmarks' plot axes: log-log over square output sizes, a grid and a legend."""
+    """The benchmarks' plot axes: log-log over output sizes (the side of a square with as many
+    pixels), a grid and a legend."""
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("output size (px, square)")
+    ax.set_xlabel("output size (px; sqrt(H x W) where not square)")
     ax.set_ylabel(unit)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)

@@ -1,6 +1,8 @@
 """Full-decoder benchmark: fused vs reference MLX path vs diffusers/PyTorch, same weights.
 
-    python -m bench.decoder_bench --sizes 256 512 1024 [--config flux] [--out bench/results]
+    python -m bench.decoder_bench --sizes 256 512 1024 1536x2304 [--config flux] [--out bench/results]
+
+A size is N (N x N) or HxW (height x width, in output pixels).
 
 Weights: a seeded random diffusers AutoencoderKL of the preset, saved once under --out.
 Each (method, size) runs in a fresh process so that its max RSS is its own. Reports the
@@ -16,7 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-from bench.common import MiB, log_axes, machine_info, max_rss_bytes, reset_peak, run_child, time_runs, write_json
+from bench.common import (MiB, image_size, latent_hw, log_axes, machine_info, max_rss_bytes, reset_peak, run_child,
+                          size_hw, size_side, time_runs, write_json)
 
 METHODS = ("fused", "reference", "diffusers")
 
@@ -31,7 +34,7 @@ def current_rss_bytes() -> int:
         return 0
 
 
-def child(method: str, size: int, weights: Path, dtype_name: str, repeats: int, seed: int,
+def child(method: str, size, weights: Path, dtype_name: str, repeats: int, seed: int,
           torch_device: str = "cpu", mlx_device: str = "default") -> dict:
     """One measurement, inside its own process."""
     import mlx.core as mx
@@ -44,11 +47,12 @@ def child(method: str, size: int, weights: Path, dtype_name: str, repeats: int, 
     from fusedconv.memory import decoder_floor_bytes, decoder_flops
 
     cfg = VAEConfig.from_dict(json.loads((weights / "config.json").read_text()))
-    f = cfg.upsample_factor
-    z = np.random.default_rng(seed).standard_normal((1, size // f, size // f, cfg.latent_channels)).astype(np.float32)
-    result = {"method": method, "size": size, "dtype": dtype_name, "repeats": repeats,
-              "floor_bytes": decoder_floor_bytes(cfg, size, size, getattr(mx, dtype_name)),
-              "gflop": decoder_flops(cfg, size, size) / 1e9}
+    height, width = size_hw(size)
+    z = np.random.default_rng(seed).standard_normal((1, *latent_hw(size, cfg.upsample_factor), cfg.latent_channels))
+    z = z.astype(np.float32)
+    result = {"method": method, "size": size, "height": height, "width": width, "dtype": dtype_name,
+              "repeats": repeats, "floor_bytes": decoder_floor_bytes(cfg, height, width, getattr(mx, dtype_name)),
+              "gflop": decoder_flops(cfg, height, width) / 1e9}
     if method == "diffusers":
         import torch
         from diffusers import AutoencoderKL
@@ -127,10 +131,10 @@ def plot(results: list, path: Path) -> None:
     colors = dict(zip(labels, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
     for label in labels:
         rows = sorted((r for r in results if r["label"] == label and "error" not in r and "skipped" not in r),
-                      key=lambda r: r["size"])
+                      key=lambda r: size_side(r["size"]))
         if not rows:
             continue
-        sizes = [r["size"] for r in rows]
+        sizes = [size_side(r["size"]) for r in rows]
         c = colors[label]
         ax_mem.plot(sizes, [r["max_rss_bytes"] / MiB for r in rows], "o-", color=c, label=f"{label} (max RSS)")
         if rows[0]["method"] != "diffusers":
@@ -138,7 +142,7 @@ def plot(results: list, path: Path) -> None:
                         label=f"{label} (MLX allocator peak)")
         ax_time.plot(sizes, [r["median_s"] for r in rows], "o-", color=c, label=f"{label} ({rows[0]['dtype']})")
     # The floor of the MLX dtype (the diffusers rows may run in another dtype).
-    floors = sorted({(r["size"], r["floor_bytes"]) for r in results
+    floors = sorted({(size_side(r["size"]), r["floor_bytes"]) for r in results
                      if "floor_bytes" in r and r["method"] != "diffusers"})
     ax_mem.plot([s for s, _ in floors], [b / MiB for _, b in floors], "k:", label="analytic floor")
     log_axes(ax_mem, "peak memory", "MiB")
@@ -150,7 +154,8 @@ def plot(results: list, path: Path) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
+    p.add_argument("--sizes", type=image_size, nargs="+", default=[256, 512, 1024],
+                   help="output sizes: N (square) or HxW, multiples of the VAE's upsample factor")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--config", default="flux")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
@@ -165,14 +170,14 @@ def main(argv=None) -> int:
     p.add_argument("--reference-repeats", type=int, default=1,
                    help="timed runs of the unfused MLX path (tens of times slower on Linux CPU)")
     p.add_argument("--reference-max-size", type=int, default=256,
-                   help="largest size for the unfused MLX path (on Linux CPU its convs run at ~2 GFLOP/s)")
+                   help="largest side for the unfused MLX path (on Linux CPU its convs run at ~2 GFLOP/s)")
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--child", nargs=3, metavar=("METHOD", "SIZE", "WEIGHTS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         method, size, weights = args.child
-        print(json.dumps(child(method, int(size), Path(weights), args.dtype, args.repeats, args.seed,
+        print(json.dumps(child(method, image_size(size), Path(weights), args.dtype, args.repeats, args.seed,
                                args.torch_device, args.mlx_device)))
         return 0
     if args.mlx_device != "default":  # so that the JSON's machine info names it
@@ -181,14 +186,22 @@ def main(argv=None) -> int:
         mx.set_default_device(getattr(mx, args.mlx_device))
 
     from bench.weights import ensure_weights
+    from fusedconv.config import PRESETS
 
+    if args.config not in PRESETS:
+        p.error(f"--config {args.config!r}: one of {', '.join(PRESETS)}")
+    for size in args.sizes:
+        try:
+            latent_hw(size, PRESETS[args.config].upsample_factor)
+        except ValueError as e:
+            p.error(f"--sizes: {e}")
     weights = ensure_weights(args.config, args.seed, args.out)
     results = []
     runs = [(m, d) for m in args.methods for d in (args.torch_dtype if m == "diffusers" else [args.dtype])]
     for size in args.sizes:
         for method, dtype in runs:
             label = f"diffusers {dtype}" if method == "diffusers" else method
-            if method == "reference" and size > args.reference_max_size:
+            if method == "reference" and max(size_hw(size)) > args.reference_max_size:
                 results.append({"method": method, "label": label, "size": size,
                                 "skipped": f"above --reference-max-size {args.reference_max_size}"})
                 continue
@@ -224,7 +237,7 @@ def print_row(r: dict) -> None:
 
 def print_ratios(results: list) -> None:
     ok = {(r["label"], r["size"]): r for r in results if "median_s" in r}
-    for size in sorted({s for _, s in ok}):
+    for size in sorted({s for _, s in ok}, key=size_side):
         fused = ok.get(("fused", size))
         if not fused:
             continue

@@ -1,6 +1,6 @@
 """fusedconv's patched decode against mflux 0.24's own decode modes, per covered mflux VAE.
 
-    python -m bench.mflux_bench --vaes flux2 flux2-small flux --sizes 256 512 [--out bench/results]
+    python -m bench.mflux_bench --vaes flux2 flux2-small flux --sizes 256 512 768x1152 [--out bench/results]
 
 Methods: `fused` (fusedconv.integrations.mflux.patch()), mflux `low_memory` (its exact block
 decoder: one block at a time, 128-row strips, full-image GroupNorm statistics; the default for
@@ -19,7 +19,8 @@ import json
 import sys
 from pathlib import Path
 
-from bench.common import MiB, log_axes, machine_info, max_rss_bytes, reset_peak, run_child, time_runs, write_json
+from bench.common import (MiB, image_size, latent_hw, log_axes, machine_info, max_rss_bytes, reset_peak, run_child,
+                          size_hw, size_side, time_runs, write_json)
 
 METHODS = ("fused", "low_memory", "legacy")
 # vae -> (module, class, constructor kwargs, latent channels, preset for the floor)
@@ -33,7 +34,7 @@ VAES = {
 }
 
 
-def child(vae_name: str, method: str, size: int, repeats: int, warmup: int, seed: int) -> dict:
+def child(vae_name: str, method: str, size, repeats: int, warmup: int, seed: int) -> dict:
     import importlib
 
     import mlx.core as mx
@@ -59,18 +60,19 @@ def child(vae_name: str, method: str, size: int, repeats: int, warmup: int, seed
     elif method != "legacy":
         return {"vae": vae_name, "method": method, "size": size, "skipped": f"mflux's {cls} has no {method} mode"}
     cfg = PRESETS[preset]
-    f = cfg.upsample_factor
-    shape = (1, channels, size // f, size // f)
+    shape = (1, channels, *latent_hw(size, cfg.upsample_factor))
     latents = mx.array(rng.standard_normal(shape).astype(np.float32)).astype(mx.bfloat16)
     base = reset_peak()
 
     def run():
         mx.eval(vae.decode(latents))
 
-    result = {"vae": vae_name, "method": method, "size": size, "warmup": warmup, **time_runs(run, repeats, warmup)}
+    height, width = size_hw(size)
+    result = {"vae": vae_name, "method": method, "size": size, "height": height, "width": width, "warmup": warmup,
+              **time_runs(run, repeats, warmup)}
     result["peak_above_weights_bytes"] = mx.get_peak_memory() - base
     result["max_rss_bytes"] = max_rss_bytes()
-    result["floor_bytes"] = decoder_floor_bytes(cfg, size, size, mx.bfloat16) - 2 * decoder_parameter_count(cfg)
+    result["floor_bytes"] = decoder_floor_bytes(cfg, *size_hw(size), mx.bfloat16) - 2 * decoder_parameter_count(cfg)
     result["peak_over_floor"] = result["peak_above_weights_bytes"] / result["floor_bytes"]
     return result
 
@@ -86,9 +88,9 @@ def plot(results: list, path: Path) -> None:
     for vae, marker in zip(vaes, "os^v"):
         for method, color in zip(METHODS, ("tab:blue", "tab:orange", "tab:red")):
             rows = sorted((r for r in results if r["vae"] == vae and r["method"] == method and "median_s" in r),
-                          key=lambda r: r["size"])
+                          key=lambda r: size_side(r["size"]))
             if rows:
-                sizes = [r["size"] for r in rows]
+                sizes = [size_side(r["size"]) for r in rows]
                 axes[0].plot(sizes, [r["peak_above_weights_bytes"] / MiB for r in rows], marker + "-", color=color,
                              label=f"{vae} {method}")
                 axes[1].plot(sizes, [r["median_s"] for r in rows], marker + "-", color=color, label=f"{vae} {method}")
@@ -102,7 +104,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vaes", nargs="+", choices=list(VAES), default=["flux2", "flux2-small", "flux"])
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    p.add_argument("--sizes", type=image_size, nargs="+", default=[256, 512],
+                   help="output sizes: N (square) or HxW, multiples of the VAE's upsample factor")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed runs first (0 is fair for mflux's minutes-long CPU decodes; the peak counts them)")
@@ -112,8 +115,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.child:
         vae, method, size = args.child
-        print(json.dumps(child(vae, method, int(size), args.repeats, args.warmup, args.seed)))
+        print(json.dumps(child(vae, method, image_size(size), args.repeats, args.warmup, args.seed)))
         return 0
+    from fusedconv.config import PRESETS
+
+    for vae in args.vaes:
+        for size in args.sizes:
+            try:
+                latent_hw(size, PRESETS[VAES[vae][4]].upsample_factor)
+            except ValueError as e:
+                p.error(f"--sizes: {e}")
     results = []
     for vae in args.vaes:
         for size in args.sizes:

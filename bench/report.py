@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-MiB = 2**20
+from bench.common import MiB, size_side
 
 
 def decoder_table(data: dict) -> str:
@@ -37,7 +37,7 @@ def decoder_table(data: dict) -> str:
         )
     ok = {(r.get("label", r["method"]), r["size"]): r for r in data["results"] if "median_s" in r}
     ratios = []
-    for size in sorted({s for _, s in ok}):
+    for size in sorted({s for _, s in ok}, key=size_side):
         f = ok.get(("fused", size))
         for (other, s), o in ok.items():
             if f and s == size and other != "fused":

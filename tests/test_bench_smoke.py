@@ -29,17 +29,33 @@ def test_op_bench(tmp_path):
 
 
 def test_decoder_bench(tmp_path):
-    out = run_bench("bench.decoder_bench", "--sizes", "16", "32", "--repeats", "1", "--reference-max-size", "16",
-                    "--torch-dtype", "float32", "bfloat16", "--out", str(tmp_path))
+    out = run_bench("bench.decoder_bench", "--sizes", "16", "32", "16x24", "--repeats", "1", "--reference-max-size",
+                    "16", "--torch-dtype", "float32", "bfloat16", "--out", str(tmp_path))
     assert "fused/diffusers float32" in out and "fused/diffusers bfloat16" in out
     data = json.loads((tmp_path / "decoder_flux_bfloat16.json").read_text())
     by = {(r["method"], r["size"]): r for r in data["results"]}
     assert by[("fused", 32)]["peak_over_floor"] > 0 and by[("diffusers", 32)]["max_rss_bytes"] > 0
     assert "skipped" in by[("reference", 32)] and "median_s" in by[("reference", 16)]
+    # A non-square size: its own floor and FLOP count, between the squares' (16 x 24 pixels).
+    wide = by[("fused", "16x24")]
+    assert (wide["height"], wide["width"]) == (16, 24) and "skipped" in by[("reference", "16x24")]
+    for key in ("floor_bytes", "gflop"):
+        assert by[("fused", 16)][key] < wide[key] < by[("fused", 32)][key], key
     assert (tmp_path / "decoder_flux_bfloat16.png").stat().st_size > 0
     table = run_bench("bench.report", str(tmp_path / "decoder_flux_bfloat16.json"))
     assert "| 32 | fused |" in table and "| 32 | diffusers bfloat16 |" in table and "fused takes" in table
     assert data["machine"]["fusedconv_cpu_isa_calibration_s"]
+
+
+@pytest.mark.parametrize("module, size", [("bench.decoder_bench", "20"), ("bench.decoder_bench", "16x12"),
+                                          ("bench.mflux_bench", "16x0"), ("bench.mflux_bench", "16y16")])
+def test_benches_reject_sizes_they_cannot_decode(tmp_path, module, size):
+    """Sides not multiples of the VAE's upsample factor (8), or not sizes at all: an error that
+    names --sizes before anything runs."""
+    res = subprocess.run([sys.executable, "-m", module, "--sizes", size, "--out", str(tmp_path)], cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    assert res.returncode == 2 and "--sizes" in res.stderr, res.stderr[-500:]
+    assert not list(tmp_path.iterdir())
 
 
 def test_mflux_bench(tmp_path):
