@@ -530,6 +530,24 @@ __device__ void prefetch_residual(const Conv3x3Params& p, const Tile& t, const T
   if (t.o0 + TN / 2 < p.o) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(row + TN / 2));
 }
 
+// One chunk of a 1x1 shortcut (BK channels from c0), element by element (any Cs, any
+// alignment), zeros past the image, Cs and O: the tile's TM pixels into a ([TM][LDS]) and
+// the TN outputs' weights into b ([TN][LDS]), for the mma.sync kernels' fragments.
+template <typename T, int TM, int TN, int TC, int BK, int LDS, int NT>
+__device__ void stage_shortcut_rows(const Conv3x3Params& p, const Tile& t, const T* __restrict__ shortcut_x,
+                                    const T* __restrict__ shortcut_w, int c0, T* a, T* b) {
+  for (int u = threadIdx.x; u < TM * BK; u += NT) {
+    const int k = u % BK, m = u / BK, yy = t.y0 + m / TC, xx = t.x0 + m % TC, c = c0 + k;
+    a[m * LDS + k] = (c < p.shortcut_c && yy < p.ho && xx < p.wo)
+                         ? shortcut_x[((i64(t.n) * p.ho + yy) * p.wo + xx) * p.shortcut_c + c]
+                         : Elem<T>::store(0.0f);
+  }
+  for (int u = threadIdx.x; u < TN * BK; u += NT) {
+    const int k = u % BK, nn = u / BK, o = t.o0 + nn, c = c0 + k;
+    b[nn * LDS + k] = (c < p.shortcut_c && o < p.o) ? shortcut_w[i64(o) * p.shortcut_c + c] : Elem<T>::store(0.0f);
+  }
+}
+
 // The tensor-core conv (C % 8 == 0, x and w 16-byte aligned: every staged vector is one
 // cp.async), with ACT (a norm or SiLU to apply to the input) or without.
 template <typename T, bool ACT>
@@ -629,16 +647,7 @@ __device__ void conv3x3_mma(const T* __restrict__ x, const T* __restrict__ w, co
   T* as = halo_bufs;  // [TM][LDS]
   T* bs = wt_bufs;    // [TN][LDS]
   for (int c0 = 0; c0 < p.shortcut_c; c0 += BK) {
-    for (int u = tid; u < TM * BK; u += NT) {
-      const int k = u % BK, m = u / BK, yy = t.y0 + m / TC, xx = t.x0 + m % TC, c = c0 + k;
-      as[m * LDS + k] = (c < p.shortcut_c && yy < p.ho && xx < p.wo)
-                            ? shortcut_x[((i64(t.n) * p.ho + yy) * p.wo + xx) * p.shortcut_c + c]
-                            : Elem<T>::store(0.0f);
-    }
-    for (int u = tid; u < TN * BK; u += NT) {
-      const int k = u % BK, nn = u / BK, o = t.o0 + nn, c = c0 + k;
-      bs[nn * LDS + k] = (c < p.shortcut_c && o < p.o) ? shortcut_w[i64(o) * p.shortcut_c + c] : Elem<T>::store(0.0f);
-    }
+    stage_shortcut_rows<T, TM, TN, TC, BK, LDS, NT>(p, t, shortcut_x, shortcut_w, c0, as, bs);
     __syncthreads();
     const uint32_t a0 = smem_address(as) + (wm + lane % 16) * ROW_BYTES + a_k * sizeof(T);
     const uint32_t a[4] = {a0, a0 + 16 * ROW_BYTES, a0 + 32 * ROW_BYTES, a0 + 48 * ROW_BYTES};
@@ -746,17 +755,7 @@ __device__ void conv3x3_narrow(const T* __restrict__ x, const T* __restrict__ w,
   // A resnet's 1x1 shortcut: acc += shortcut_x[pixels] (TM x Cs) * shortcut_w^T (Cs x TN),
   // element by element into the halo ([TM][LDS]) and the first weight buffer ([TN][LDS]).
   for (int c0 = 0; c0 < p.shortcut_c; c0 += BK) {
-    for (int u = tid; u < TM * BK; u += NT) {
-      const int k = u % BK, m = u / BK, yy = t.y0 + m / TC, xx = t.x0 + m % TC, c = c0 + k;
-      halo[m * LDS + k] = (c < p.shortcut_c && yy < p.ho && xx < p.wo)
-                              ? shortcut_x[((i64(t.n) * p.ho + yy) * p.wo + xx) * p.shortcut_c + c]
-                              : Elem<T>::store(0.0f);
-    }
-    for (int u = tid; u < TN * BK; u += NT) {
-      const int k = u % BK, nn = u / BK, o = t.o0 + nn, c = c0 + k;
-      wt[0][nn * LDS + k] =
-          (c < p.shortcut_c && o < p.o) ? shortcut_w[i64(o) * p.shortcut_c + c] : Elem<T>::store(0.0f);
-    }
+    stage_shortcut_rows<T, TM, TN, TC, BK, LDS, NT>(p, t, shortcut_x, shortcut_w, c0, halo, wt[0]);
     __syncthreads();
     uint32_t bf[2];
     ldmatrix_x2(bf, smem_address(wt[0]) + b_lane);

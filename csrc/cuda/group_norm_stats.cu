@@ -82,7 +82,6 @@ __device__ void group_norm_partial(const T* __restrict__ x, float* __restrict__ 
   }
 }
 
-
 // The rows kernel: thread t keeps the sums of channels [VEC v, VEC v + VEC) (v = t % V, V
 // vectors a pixel) over every (kStatsThreads / V)-th pixel of the slice, kStatsRowLoads
 // 16-byte loads in flight; the block then adds them per group in a fixed order.
