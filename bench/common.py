@@ -129,6 +129,16 @@ def latent_hw(size, factor: int) -> tuple:
     return h // factor, w // factor
 
 
+def check_decodable(parser: argparse.ArgumentParser, sizes: list, factors) -> None:
+    """Stops with an error naming --sizes unless every size decodes at every upsample factor."""
+    for size in sizes:
+        for factor in factors:
+            try:
+                latent_hw(size, factor)
+            except ValueError as e:
+                parser.error(f"--sizes: {e}")
+
+
 def log_axes(ax, title: str, unit: str) -> None:
     """The benchmarks' plot axes: log-log over output sizes (the side of a square with as many
     pixels), a grid and a legend."""

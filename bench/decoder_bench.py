@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench.common import (MiB, image_size, latent_hw, log_axes, machine_info, max_rss_bytes, reset_peak, run_child,
+from bench.common import (MiB, check_decodable, image_size, latent_hw, log_axes, machine_info, max_rss_bytes, reset_peak, run_child,
                           size_hw, size_side, time_runs, write_json)
 
 METHODS = ("fused", "reference", "diffusers")
@@ -190,11 +190,7 @@ def main(argv=None) -> int:
 
     if args.config not in PRESETS:
         p.error(f"--config {args.config!r}: one of {', '.join(PRESETS)}")
-    for size in args.sizes:
-        try:
-            latent_hw(size, PRESETS[args.config].upsample_factor)
-        except ValueError as e:
-            p.error(f"--sizes: {e}")
+    check_decodable(p, args.sizes, [PRESETS[args.config].upsample_factor])
     weights = ensure_weights(args.config, args.seed, args.out)
     results = []
     runs = [(m, d) for m in args.methods for d in (args.torch_dtype if m == "diffusers" else [args.dtype])]

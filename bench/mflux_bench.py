@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench.common import (MiB, image_size, latent_hw, log_axes, machine_info, max_rss_bytes, reset_peak, run_child,
+from bench.common import (MiB, check_decodable, image_size, latent_hw, log_axes, machine_info, max_rss_bytes, reset_peak, run_child,
                           size_hw, size_side, time_runs, write_json)
 
 METHODS = ("fused", "low_memory", "legacy")
@@ -72,7 +72,7 @@ def child(vae_name: str, method: str, size, repeats: int, warmup: int, seed: int
               **time_runs(run, repeats, warmup)}
     result["peak_above_weights_bytes"] = mx.get_peak_memory() - base
     result["max_rss_bytes"] = max_rss_bytes()
-    result["floor_bytes"] = decoder_floor_bytes(cfg, *size_hw(size), mx.bfloat16) - 2 * decoder_parameter_count(cfg)
+    result["floor_bytes"] = decoder_floor_bytes(cfg, height, width, mx.bfloat16) - 2 * decoder_parameter_count(cfg)
     result["peak_over_floor"] = result["peak_above_weights_bytes"] / result["floor_bytes"]
     return result
 
@@ -119,12 +119,7 @@ def main(argv=None) -> int:
         return 0
     from fusedconv.config import PRESETS
 
-    for vae in args.vaes:
-        for size in args.sizes:
-            try:
-                latent_hw(size, PRESETS[VAES[vae][4]].upsample_factor)
-            except ValueError as e:
-                p.error(f"--sizes: {e}")
+    check_decodable(p, args.sizes, {PRESETS[VAES[vae][4]].upsample_factor for vae in args.vaes})
     results = []
     for vae in args.vaes:
         for size in args.sizes:

@@ -36,6 +36,9 @@ inline void set_grid(KernelPlan& k, long long blocks, unsigned threads) {
 
 inline long long ceil_div(long long a, long long b) { return (a + b - 1) / b; }
 
+// A kernel built as its own module (conv3x3.cu's and group_norm_stats.cu's kernels).
+inline KernelPlan own_module(std::string name) { return KernelPlan{name, name}; }
+
 inline long long conv_tiles(const Conv3x3Params& p, int rows, int cols, int tile_n) {
   return p.n * ceil_div(p.ho, rows) * ceil_div(p.wo, cols) * ceil_div(p.o, tile_n);
 }
@@ -79,7 +82,6 @@ inline KernelPlan plan_pack_conv3x3_weights(const Conv3x3Params& p) {
 // wgmma kernels' are installed.
 inline KernelPlan plan_conv3x3(const Conv3x3Params& p, KernelDType dt, unsigned max_shared_bytes, bool aligned,
                                bool sm90a) {
-  KernelPlan k;
   // It also addresses an image's input in 32-bit counts of 8-element vectors.
   const bool vectors = p.c % 8 == 0 && aligned && (long long)p.h * p.w * (p.c / 8) < 0xffffffffll;
   const bool tensor_inputs = dt != KernelDType::float32 && p.c <= kMmaMaxNormChannels && vectors;
@@ -89,21 +91,18 @@ inline KernelPlan plan_conv3x3(const Conv3x3Params& p, KernelDType dt, unsigned 
   // Without a norm or SiLU the input is copied into the halo as it is.
   const char* prologue = p.groups > 0 || p.pixel_norm || p.silu ? "_act" : "_copy";
   if (narrow) {
-    k.name = std::string("fc_conv3x3_narrow_") + dtype_name(dt) + prologue;
-    k.module = k.name;
+    KernelPlan k = own_module(std::string("fc_conv3x3_narrow_") + dtype_name(dt) + prologue);
     set_grid(k, conv_tiles(p, kTileRows, kTileCols, kNarrowN), kNarrowThreads);
     return k;
   }
   if (!wgmma && !mma) {
     // f32 at full precision; inputs not in aligned 8-channel vectors; GPUs short of shared memory.
     const int tn = p.o <= kSimtRgbN ? kSimtRgbN : p.o <= kSimtNarrowN ? kSimtNarrowN : kSimtTileN;
-    k.name = std::string("fc_conv3x3_simt_") + dtype_name(dt) + "_" + std::to_string(tn);
-    k.module = k.name;
+    KernelPlan k = own_module(std::string("fc_conv3x3_simt_") + dtype_name(dt) + "_" + std::to_string(tn));
     set_grid(k, conv_tiles(p, kTileRows, kTileCols, tn), kSimtThreads);
     return k;
   }
-  k.name = std::string(wgmma ? "fc_conv3x3_wgmma_" : "fc_conv3x3_mma_") + dtype_name(dt) + prologue;
-  k.module = k.name;
+  KernelPlan k = own_module(std::string(wgmma ? "fc_conv3x3_wgmma_" : "fc_conv3x3_mma_") + dtype_name(dt) + prologue);
   if (wgmma) {
     set_grid(k, conv_tiles(p, kWgmmaTileRows, kWgmmaTileCols, kWgmmaTileN), kWgmmaThreads);
     k.shared_bytes = wgmma_shared_bytes();
@@ -140,17 +139,14 @@ inline StatsSlices group_norm_slices(const GroupNormStatsParams& p, bool rows) {
 
 inline KernelPlan plan_group_norm_partial(const GroupNormStatsParams& p, const StatsSlices& s, KernelDType dt,
                                           bool rows) {
-  KernelPlan k;
-  k.name = std::string(rows ? "fc_group_norm_partial_rows_" : "fc_group_norm_partial_") + dtype_name(dt);
-  k.module = k.name;
+  KernelPlan k = own_module(std::string(rows ? "fc_group_norm_partial_rows_" : "fc_group_norm_partial_") +
+                            dtype_name(dt));
   set_grid(k, (long long)p.n * s.count * (rows ? 1 : p.groups), kStatsThreads);
   return k;
 }
 
 inline KernelPlan plan_group_norm_merge(const GroupNormStatsParams& p, KernelDType dt) {
-  KernelPlan k;
-  k.name = std::string("fc_group_norm_merge_") + dtype_name(dt);
-  k.module = k.name;
+  KernelPlan k = own_module(std::string("fc_group_norm_merge_") + dtype_name(dt));
   set_grid(k, ceil_div((long long)p.n * p.groups * 32, kStatsMergeThreads), kStatsMergeThreads);
   return k;
 }

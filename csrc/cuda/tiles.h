@@ -40,7 +40,7 @@ constexpr int kPackThreads = 256;
 // Few output channels (O <= kNarrowN: conv_out's 3) on tensor cores, under the mma
 // kernel's conditions on the input: a block of 8 warps over a kTileRows x kTileCols tile
 // (a warp a row, one n8 fragment), static shared memory of about 43 KiB so that
-// kNarrowBlocksPerSM blocks share an SM (64 registers a thread at most).
+// kNarrowBlocksPerSM blocks share an SM (80 registers a thread at most).
 constexpr int kNarrowN = 8;
 constexpr int kNarrowThreads = 256;
 constexpr int kNarrowBlocksPerSM = 3;
