@@ -452,8 +452,11 @@ __device__ inline bool rows_of_four(const Conv3x3Params& p, const T* out, const 
 }
 
 // The epilogue through shared memory (rows_of_four): the accumulators of m16n8 fragments
-// acc[MI][NI] (as store_fragments) go to an f32 tile [TR * TC][TN + 4] at `tile` (rows
-// padded: a warp's float2 stores then take the two wavefronts they must), then each warp
+// acc[MI][NI] (as store_fragments) go to an f32 tile [TR * TC][TN + 8] at `tile` (rows
+// padded by 8 words: the float2 stores of a half-warp - 4 pixels x 4 lanes x 2 words - then
+// fall on 32 distinct banks, one wavefront each; padded by 4, two of its pixels shared
+// banks and every store took twice the wavefronts: an H200 profile counted them as a
+// quarter of the kernel's shared-store wavefronts), then each warp
 // finishes one pixel's TN channels at a time - 4 a lane: bias, residual, one rounding -
 // reading the residual and writing the output as contiguous rows where the fragments'
 // layout would scatter 4-byte pieces.
@@ -462,7 +465,7 @@ __device__ void store_tile_via_shared(const Conv3x3Params& p, const Tile& t, flo
                                       TilePixel tile_pixel, float* tile, T* __restrict__ out,
                                       const T* __restrict__ bias, const T* __restrict__ residual,
                                       const T* __restrict__ shortcut_bias) {
-  constexpr int ROW = TN + 4, GROUPS = TN / 4;
+  constexpr int ROW = TN + 8, GROUPS = TN / 4;
   static_assert(NT % GROUPS == 0 && NI * 8 == TN, "a thread keeps its four channels for the whole tile");
   const int lane = threadIdx.x % 32;
 #pragma unroll
@@ -1114,6 +1117,8 @@ __device__ void conv3x3_wgmma(const T* __restrict__ x, const T* __restrict__ pac
   // Fragment row rr of warp w is tile row 2 * group + rr, columns 16 w + lane / 4 (+ 8).
   const auto tile_pixel = [&](int rr, int half) { return int2{2 * group + rr, 16 * warp + lane / 4 + half * 8}; };
   if (rows_of_four(p, out, bias, residual, shortcut_bias)) {
+    static_assert(TM * (TN + 8) * sizeof(float) <= (2 * STAGES * HALO_ELEMS + STAGES * WT_ELEMS) * sizeof(T),
+                  "the epilogue's f32 tile fits the main loop's buffers");
     store_tile_via_shared<T, TR, TC, TN, NT>(p, t, acc, tile_pixel, reinterpret_cast<float*>(smem), out, bias,
                                              residual, shortcut_bias);
   } else {

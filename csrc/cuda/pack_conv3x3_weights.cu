@@ -12,8 +12,10 @@ namespace cp = fusedconv::cuda_plan;
 
 // One 8-channel vector (16 bytes of a 16-bit dtype) per thread; vector v of the packed
 // tensor, vectors = o-blocks x chunks x 9 x 2 x kWgmmaTileN; w is [O][3][3][C], C % 8 == 0.
-extern "C" __global__ void fc_pack_conv3x3_weights(const uint4* __restrict__ w, uint4* __restrict__ packed, int o,
-                                                   int c, int vectors) {
+// conv_out: the conv's output, an output of this launch only so that MLX allocates it
+// (primitives_cuda.cpp); not touched.
+extern "C" __global__ void fc_pack_conv3x3_weights(const uint4* __restrict__ w, uint4* __restrict__ packed,
+                                                   void* conv_out, int o, int c, int vectors) {
   constexpr int TN = cp::kWgmmaTileN, HALVES = cp::kMmaBK / 8;
   const long long v = (long long)(blockIdx.y) * gridDim.x * blockDim.x + (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (v >= vectors) return;

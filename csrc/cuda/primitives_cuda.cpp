@@ -132,6 +132,60 @@ void launch(const mx::Stream& s, const cp::KernelPlan& k, const std::vector<mx::
   node[0].primitive().eval_gpu(inputs, outputs);
 }
 
+// A kernel of ours as a function of the stream's device (its primary context, the one
+// MLX's runtime uses), loaded once, with its dynamic shared-memory limit raised.
+CUfunction loaded_kernel(const mx::Stream& s, const cp::KernelPlan& k) {
+  static std::mutex mutex;
+  static std::map<std::pair<std::string, int>, CUfunction> functions;
+  const int ordinal = mx::cu::device(s.device).cuda_device();
+  const std::string& image = module_image(k.module, s);
+  std::lock_guard lock(mutex);
+  const auto key = std::make_pair(k.name, ordinal);
+  if (auto it = functions.find(key); it != functions.end()) return it->second;
+  CUdevice device;
+  CUcontext context;
+  CUmodule module;
+  CUfunction function;
+  const auto check = [&](CUresult r, const char* what) {
+    if (r != CUDA_SUCCESS) throw std::runtime_error(std::string("fusedconv: ") + what + " failed for " + k.name);
+  };
+  check(cuDeviceGet(&device, ordinal), "cuDeviceGet");
+  check(cuDevicePrimaryCtxRetain(&context, device), "cuDevicePrimaryCtxRetain");
+  check(cuCtxPushCurrent(context), "cuCtxPushCurrent");
+  const CUresult loaded = cuModuleLoadData(&module, image.data());
+  const CUresult found = loaded == CUDA_SUCCESS ? cuModuleGetFunction(&function, module, k.name.c_str()) : loaded;
+  const CUresult raised =
+      found == CUDA_SUCCESS
+          ? cuFuncSetAttribute(function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, int(k.shared_bytes))
+          : found;
+  cuCtxPopCurrent(&context);
+  check(loaded, "cuModuleLoadData");
+  check(found, "cuModuleGetFunction");
+  check(raised, "cuFuncSetAttribute");
+  return functions.emplace(key, function).first->second;  // (the module stays loaded)
+}
+
+// A conv kernel added to the stream's graph directly: the inputs by device address, then
+// the output (already allocated), then the int scalars, in the kernel's parameter order.
+// (precompiled_cuda_kernel copies and hashes the module image at every launch: for the
+// wgmma module, tens of microseconds of host time a conv, which MLX's graph waits out.)
+void launch_allocated(const mx::Stream& s, const cp::KernelPlan& k, const std::vector<mx::array>& inputs,
+                      const mx::array& out, const std::vector<int>& scalars) {
+  const CUfunction function = loaded_kernel(s, k);
+  auto& encoder = mx::cu::get_command_encoder(s);
+  std::vector<const void*> pointers;
+  for (const mx::array& a : inputs) pointers.push_back(mx::gpu_ptr<void>(a));
+  pointers.push_back(mx::gpu_ptr<void>(out));
+  std::vector<int> values(scalars);
+  std::vector<void*> params;
+  for (const void*& p : pointers) params.push_back(&p);
+  for (int& v : values) params.push_back(&v);
+  for (const mx::array& a : inputs) encoder.set_input_array(a);
+  encoder.set_output_array(out);
+  encoder.add_kernel_node_raw(function, dim3(k.blocks_x, k.blocks_y, 1), dim3(k.threads, 1, 1), dim3(), k.shared_bytes,
+                              params.data());
+}
+
 [[noreturn]] void unreachable(const char* op) {
   throw std::logic_error(std::string("fusedconv.") + op +
                          ": no CUDA kernel; ops should have built the reference composition");
@@ -174,26 +228,29 @@ void FusedConv3x3::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out
                 slot.shortcut_w, slot.shortcut_bias}) {
     bound.push_back(inputs[i >= 0 ? i : slot.x]);
   }
-  std::vector<mx::fast::ScalarArg> scalars;
-#define FC_SCALAR(f) scalars.push_back(p.f);
-  FC_CONV3X3_FIELDS(FC_SCALAR)
-#undef FC_SCALAR
+  std::vector<int> fields;
+#define FC_FIELD(f) fields.push_back(p.f);
+  FC_CONV3X3_FIELDS(FC_FIELD)
+#undef FC_FIELD
   const bool vectors = aligned16(inputs[slot.x]) && aligned16(inputs[slot.weight]);
   const cp::KernelPlan plan =
       cp::plan_conv3x3(p, kernel_dtype(out), max_shared_bytes(stream()), vectors, wgmma_available(stream()));
   if (plan.name.rfind("fc_conv3x3_wgmma_", 0) == 0) {
     // The wgmma kernel reads its weights repacked into whole tiles, in the weights' slot
     // (bound[1]); the temporary is handed to the encoder after the launch that reads it.
+    // The packing launch also allocates the conv's output (MLX allocates a precompiled
+    // kernel's outputs on the stream's pool; its allocator is not exported), so that the
+    // conv itself goes to the graph directly.
     const mx::array& w = inputs[slot.weight];
     const int elements = int(cp::packed_weight_elements(p));
     mx::array packed({elements}, w.dtype(), nullptr, {});
-    launch(stream(), cp::plan_pack_conv3x3_weights(p), {w}, {packed}, {p.o, p.c, elements / 8});
+    launch(stream(), cp::plan_pack_conv3x3_weights(p), {w}, {packed, out}, {p.o, p.c, elements / 8});
     bound[1] = packed;
-    launch(stream(), plan, bound, {out}, scalars);
+    launch_allocated(stream(), plan, bound, out, fields);
     mx::cu::get_command_encoder(stream()).add_temporary(packed);
     return;
   }
-  launch(stream(), plan, bound, {out}, scalars);
+  launch(stream(), plan, bound, {out}, std::vector<mx::fast::ScalarArg>(fields.begin(), fields.end()));
 }
 
 void Linear::eval_gpu(const std::vector<mx::array>&, mx::array&) { unreachable(name()); }
