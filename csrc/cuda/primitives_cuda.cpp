@@ -4,7 +4,9 @@
 // Each kernel goes through MLX's public precompiled_cuda_kernel primitive (mlx/fast.h):
 // evaluating that primitive on our arrays allocates them in device memory on the
 // stream's pool (counted by MLX's allocator), loads the module once per device, and adds
-// the kernel to the stream's CUDA graph with its inputs and outputs as dependencies.
+// the kernel to the stream's CUDA graph with its inputs and outputs as dependencies. The
+// wgmma conv is the exception (launch_allocated): its CUfunction added to the graph through
+// the command encoder's exported entry points, its output allocated by the launch before it.
 // MLX's own launch helpers cannot be used from an extension: libmlx links the CUDA
 // runtime statically (a kernel address of ours means nothing to it) and its device
 // allocation entry points are not exported. The kernels' machine code is built per
