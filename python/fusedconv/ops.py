@@ -152,8 +152,10 @@ def composition_is_faster(in_channels: int, *, stream: StreamOrDevice = None) ->
     on an H200, and at 512 channels the composition's extra GroupNorm / SiLU / upsample passes
     cost less than that (its times 0.6-0.8x the fused op's at 128^2-512^2 inputs), at 128-256
     channels and high resolution more (1.1-2.4x; bench/reports/h200/2026-12-03/ops_1024_bfloat16.json,
-    measured with the mma.sync kernel: the wgmma kernel since runs 512-channel convs at 65-71% of
-    cuDNN through MLX, and this choice has not been re-measured against it).
+    measured with the mma.sync kernel). Stale on Hopper: with the wgmma kernel the fused op ran
+    1.3-2.0x faster than the composition at 512 channels too
+    (bench/reports/h200/2026-12-03-direct/ops_1024_bfloat16_with_composition.json); the decode
+    has not yet been re-measured without this choice.
     Never on the CPU (MLX's Linux conv runs at a few GFLOP/s); Metal is unmeasured."""
     device = stream.device if isinstance(stream, mx.Stream) else (stream or mx.default_device())
     kind = device if isinstance(device, mx.DeviceType) else device.type
