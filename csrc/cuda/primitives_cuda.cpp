@@ -20,6 +20,7 @@
 #include <map>
 #include <mutex>
 #include <sstream>
+#include <utility>
 
 #include "cuda/kernel_params.h"
 #include "cuda/plan.h"
@@ -140,10 +141,10 @@ CUfunction loaded_kernel(const mx::Stream& s, const cp::KernelPlan& k) {
   static std::mutex mutex;
   static std::map<std::pair<std::string, int>, CUfunction> functions;
   const int ordinal = mx::cu::device(s.device).cuda_device();
-  const std::string& image = module_image(k.module, s);
   std::lock_guard lock(mutex);
   const auto key = std::make_pair(k.name, ordinal);
   if (auto it = functions.find(key); it != functions.end()) return it->second;
+  const std::string& image = module_image(k.module, s);
   CUdevice device;
   CUcontext context;
   CUmodule module;
@@ -172,16 +173,15 @@ CUfunction loaded_kernel(const mx::Stream& s, const cp::KernelPlan& k) {
 // (precompiled_cuda_kernel copies and hashes the module image at every launch: for the
 // wgmma module, tens of microseconds of host time a conv, which MLX's graph waits out.)
 void launch_allocated(const mx::Stream& s, const cp::KernelPlan& k, const std::vector<mx::array>& inputs,
-                      const mx::array& out, const std::vector<int>& scalars) {
+                      const mx::array& out, std::vector<int> scalars) {
   const CUfunction function = loaded_kernel(s, k);
   auto& encoder = mx::cu::get_command_encoder(s);
   std::vector<const void*> pointers;
   for (const mx::array& a : inputs) pointers.push_back(mx::gpu_ptr<void>(a));
   pointers.push_back(mx::gpu_ptr<void>(out));
-  std::vector<int> values(scalars);
   std::vector<void*> params;
   for (const void*& p : pointers) params.push_back(&p);
-  for (int& v : values) params.push_back(&v);
+  for (int& v : scalars) params.push_back(&v);
   for (const mx::array& a : inputs) encoder.set_input_array(a);
   encoder.set_output_array(out);
   encoder.add_kernel_node_raw(function, dim3(k.blocks_x, k.blocks_y, 1), dim3(k.threads, 1, 1), dim3(), k.shared_bytes,
@@ -248,7 +248,7 @@ void FusedConv3x3::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out
     mx::array packed({elements}, w.dtype(), nullptr, {});
     launch(stream(), cp::plan_pack_conv3x3_weights(p), {w}, {packed, out}, {p.o, p.c, elements / 8});
     bound[1] = packed;
-    launch_allocated(stream(), plan, bound, out, fields);
+    launch_allocated(stream(), plan, bound, out, std::move(fields));
     mx::cu::get_command_encoder(stream()).add_temporary(packed);
     return;
   }
