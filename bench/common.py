@@ -41,6 +41,7 @@ def machine_info() -> dict:
         "metal": bool(mx.metal.is_available()),
         "fusedconv_cpu_isa": ext.cpu_isa(),
         "fusedconv_cpu_isa_calibration_s": ext.cpu_isa_timings(),
+        "fusedconv_conv3x3_kernel": ext.conv3x3_kernel_family(),  # on the default device
         # settings that change what ran: thread counts, forced ISAs, oneDNN's ISA cap
         "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

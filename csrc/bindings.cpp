@@ -45,6 +45,14 @@ NB_MODULE(_ext, m) {
         },
         "op"_a, "stream"_a = nb::none(),
         "Whether the stream's backend has a kernel for the op (else the op runs as its reference composition).");
+  m.def("conv3x3_kernel_family",
+        [](mx::StreamOrDevice s) {
+          const mx::Stream stream = mx::to_stream(s);
+          return stream.device == mx::Device::cpu ? std::string("cpu") : fusedconv::gpu_conv3x3_kernel_family(stream);
+        },
+        "stream"_a = nb::none(),
+        "The conv3x3 kernel family on the stream's backend for 16-bit inputs: cpu, wgmma, mma or simt (CUDA), "
+        "metal, or an empty string where the GPU has no kernels (the reference composition runs).");
   m.attr("ATTENTION_SCORES_BUDGET") = fusedconv::reference::kAttentionScoresBudget;
   m.def("attention_query_rows", &fusedconv::reference::attention_query_rows, "batch"_a, "keys"_a, "itemsize"_a,
         "budget"_a, "Query rows per chunk of the attention composition within `budget` bytes of scores.");

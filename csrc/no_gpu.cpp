@@ -7,6 +7,7 @@
 namespace fusedconv {
 
 bool gpu_has_kernel(Op) { return false; }
+std::string gpu_conv3x3_kernel_family(const mx::Stream&) { return ""; }
 
 namespace {
 

@@ -116,6 +116,16 @@ def test_tensor_core_kernels_keep_their_accumulators_in_registers(cubins, plan_p
             assert "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" in block, (arch, block)
 
 
+def test_wgmma_kernels_keep_each_chunk_one_commit_group(cubins):
+    """ptxas injects no warpgroup.arrive between a chunk's wgmmas (C7519: it does so around
+    control flow there, and each injected fence started a new group of the scoreboard that
+    wgmma.wait_group counts, so waiting on the previous chunk waited out nearly all of this one)."""
+    for dt in ("bfloat16", "float16"):
+        for prologue in ("act", "copy"):
+            report = cubins[(f"fc_conv3x3_wgmma_{dt}_{prologue}", "90a")][1]
+            assert "C7519" not in report and "Compiling entry function" in report, report
+
+
 PLAN_PRINTER = r"""
 #include <cstdio>
 #include <cstdlib>

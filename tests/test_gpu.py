@@ -178,18 +178,26 @@ def test_decoder_gpu_fused_matches_reference():
     assert normalized_error(fused, ref) <= 1e-4
 
 
-def test_decoder_gpu_composes_wide_convs_only_on_cuda():
-    """On MLX's CUDA backend the 512-channel stages run mlx.nn's composition (cuDNN convs,
-    ops.composition_is_faster); the decode matches the all-fused one."""
+def test_decoder_gpu_composes_wide_convs_only_on_cuda_mma(conv_kernel):
+    """The 512-channel stages run mlx.nn's composition (cuDNN convs, ops.composition_is_faster)
+    only where MLX's CUDA backend runs the conv on the mma.sync kernel: not with Hopper's wgmma
+    kernel, nor on Metal. The decode matches the all-fused one."""
+    from fusedconv._abi import ext
     from fusedconv.config import VAEConfig
     from fusedconv.vae import AutoencoderKLDecoder
 
+    family = ext.conv3x3_kernel_family(mx.gpu)
+    if GPU_BACKEND == "metal":
+        assert family == "metal"
+    else:
+        hopper = mx.device_info(mx.gpu).get("architecture") == "sm_90"  # the build installs sm_90a code
+        assert family == ("wgmma" if hopper and conv_kernel == "default" else "mma"), (family, mx.device_info(mx.gpu))
     cfg = VAEConfig(block_out_channels=(32, 64, 512, 512), layers_per_block=1, latent_channels=4, norm_num_groups=8)
     dec = AutoencoderKLDecoder(cfg)
     z = mx.random.normal((1, 9, 7, 4))
     with mx.stream(mx.gpu):
         composed = [name for name, fn in dec.stages(z) if fn.__name__ == "reference"]
-        assert bool(composed) == (GPU_BACKEND == "cuda"), composed
+        assert bool(composed) == (family == "mma"), composed
         hybrid = dec(z)
         dec.prefer_composition = lambda channels: False
         fused = dec(z)

@@ -190,6 +190,14 @@ __device__ inline float silu(float a) {
   return __fdividef(a, 1.0f + e);
 }
 
+// on ? a : b as a predicated select, which the compiler cannot turn into a branch around
+// a's computation.
+__device__ inline float select(bool on, float a, float b) {
+  float r;
+  asm("{\n.reg .pred p;\nsetp.ne.b32 p, %3, 0;\nselp.f32 %0, %1, %2, p;\n}\n" : "=f"(r) : "f"(a), "f"(b), "r"(int(on)));
+  return r;
+}
+
 // A channel's norm as one FMA on the (pixel-scaled) input: the mean folded into the
 // shift. (16-bit inputs only: their rounding dwarfs the f32 cancellation this allows.)
 // Held as two arrays in shared memory, zero past C (so padded channels activate to 0).
@@ -306,29 +314,31 @@ struct MmaHalo {
   }
 
   // Activates this thread's vector i of a chunk from the staging buffer into a halo
-  // buffer: the norm as one FMA, SiLU, then the zero padding. (SiLU is computed and then
-  // selected: one instance of this code keeps the registers in bounds; a norm without
-  // SiLU is rare.)
-  template <typename STAGED, typename HALO>
+  // buffer: the norm as one FMA, SiLU, then the zero padding. BRANCH_FREE where the wgmma
+  // kernel runs this between a warpgroup's wgmmas: ptxas fences a warpgroup's wgmmas apart
+  // around control flow (C7519), splitting its commit group, so that waiting on the previous
+  // chunk drained the tensor cores' queue. There the per-pixel statistic (1 without the
+  // per-pixel norm) is always applied and SiLU is computed and then selected; elsewhere
+  // uniform branches skip them (fewer registers: the mma.sync kernels spill without).
+  template <typename STAGED, typename HALO, bool BRANCH_FREE = false>
   __device__ void activate_vector(const Conv3x3Params& p, const ChunkNorm& cn, const float* pixel_stats, int i,
                                   const T* staged, T* halo) const {
     if (!in_halo(i)) return;
     Raw8 v;
     v.bits = *reinterpret_cast<const uint4*>(staged + STAGED::at(pixel(i), k8));
-    // The per-pixel norm's statistic (Qwen-Image's RMS norm) scales the channels' scales;
-    // a uniform branch, so GroupNorm's convs do not pay 8 multiplies a vector for it.
+    // The per-pixel norm's statistic (Qwen-Image's RMS norm) scales the channels' scales.
     float s[8];
 #pragma unroll
     for (int k = 0; k < 8; ++k) s[k] = cn.scale[k];
-    if (p.pixel_norm) {
+    if (BRANCH_FREE || p.pixel_norm) {
       const float pixel_stat = pixel_stats[pixel(i)];
 #pragma unroll
       for (int k = 0; k < 8; ++k) s[k] *= pixel_stat;
     }
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      float a = fmaf(Elem<T>::from_bits(v.h[k]), s[k], cn.shift[k]);
-      v.h[k] = Elem<T>::to_bits(p.silu ? silu<T>(a) : a);
+      const float a = fmaf(Elem<T>::from_bits(v.h[k]), s[k], cn.shift[k]);
+      v.h[k] = Elem<T>::to_bits(BRANCH_FREE ? select(p.silu, silu<T>(a), a) : (p.silu ? silu<T>(a) : a));
     }
     if (vec[i] == kPadding) v.bits = make_uint4(0, 0, 0, 0);  // the zero padding, a word at a time
     *reinterpret_cast<uint4*>(halo + HALO::at(pixel(i), k8)) = v.bits;
@@ -994,29 +1004,30 @@ __device__ void conv3x3_wgmma(const T* __restrict__ x, const T* __restrict__ pac
                               b_desc + b_stage + tap * TN * BK * sizeof(T) / 16);
         }
     };
-    // The next chunk's vectors, each activated once a pair of taps is queued.
+    // The next chunk's vectors, each activated once a pair of taps is queued: with no next
+    // chunk, the last one's again into the spare stage (a uniform branch here would split
+    // the commit group, see activate_vector). The fourth vector, partial and branched, goes
+    // after the commit.
     const auto activate_next = [&](int i) {
-      if (ACT && next) {
-        // (The norm's table re-read per vector: held across the taps, it spilled.)
-        halo_in.template activate_vector<Staged, HaloKMajor>(p, halo_in.chunk_norm(norm, (chunk + 1) * BK),
-                                                             pixel_stats, i,
-                                                             staged + ((stage + 1) % STAGES) * HALO_ELEMS,
-                                                             halo_bufs + ((stage + 1) % STAGES) * HALO_ELEMS);
+      if (ACT) {
+        const int next_chunk = next ? chunk + 1 : chunk;
+        halo_in.template activate_vector<Staged, HaloKMajor, true>(
+            p, halo_in.chunk_norm(norm, next_chunk * BK), pixel_stats, i,
+            staged + ((stage + 1) % STAGES) * HALO_ELEMS, halo_bufs + ((stage + 1) % STAGES) * HALO_ELEMS);
       }
     };
     mbarrier_wait(weights_landed + stage, (chunk / STAGES) & 1);
     wgmma_fence();
     taps(std::integral_constant<int, 0>(), std::integral_constant<int, 2>());
-    if (ACT && next) cp_async_wait_group<AHEAD - 2>();  // the next chunk's input
+    if (ACT) cp_async_wait_group<AHEAD - 2>();  // the next chunk's input
     activate_next(0);
     taps(std::integral_constant<int, 2>(), std::integral_constant<int, 4>());
     activate_next(1);
     taps(std::integral_constant<int, 4>(), std::integral_constant<int, 6>());
     activate_next(2);
-    taps(std::integral_constant<int, 6>(), std::integral_constant<int, 8>());
-    activate_next(3);
-    taps(std::integral_constant<int, 8>(), std::integral_constant<int, 9>());
+    taps(std::integral_constant<int, 6>(), std::integral_constant<int, 9>());
     wgmma_commit();
+    activate_next(3);
     if (!ACT) cp_async_wait_group<AHEAD - 2>();  // the next chunk's input
     wgmma_wait<1>();  // chunk - 1: its stages are free once every warpgroup is past the barrier
     fence_async_shared();

@@ -53,6 +53,7 @@ void dispatch(mx::metal::CommandEncoder& enc, const mp::KernelPlan& plan) {
 
 // linear and attention run as their compositions (MLX's matmul / softmax) on the GPU.
 bool gpu_has_kernel(Op op) { return op != Op::linear && op != Op::attention; }
+std::string gpu_conv3x3_kernel_family(const mx::Stream&) { return "metal"; }
 
 void GroupNormStats::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
   const mx::array& x = inputs[0];

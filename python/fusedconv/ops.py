@@ -147,19 +147,20 @@ def linear(x: mx.array, weight: mx.array, bias: Optional[mx.array] = None, *, st
 
 def composition_is_faster(in_channels: int, *, stream: StreamOrDevice = None) -> bool:
     """Whether mlx.nn's composition (GroupNorm, SiLU, upsample, mx.conv2d) runs a 3x3 conv stage
-    of ``in_channels`` input channels faster than conv3x3 on the stream's backend. Only on MLX's
-    CUDA backend, from 512 channels: mx.conv2d is cuDNN there, 2.5-3.5x this project's CUDA conv
-    on an H200, and at 512 channels the composition's extra GroupNorm / SiLU / upsample passes
-    cost less than that (its times 0.6-0.8x the fused op's at 128^2-512^2 inputs), at 128-256
-    channels and high resolution more (1.1-2.4x; bench/reports/h200/2026-12-03/ops_1024_bfloat16.json,
-    measured with the mma.sync kernel). Stale on Hopper: with the wgmma kernel the fused op ran
-    1.3-2.0x faster than the composition at 512 channels too
-    (bench/reports/h200/2026-12-03-direct/ops_1024_bfloat16_with_composition.json); the decode
-    has not yet been re-measured without this choice.
-    Never on the CPU (MLX's Linux conv runs at a few GFLOP/s); Metal is unmeasured."""
+    of ``in_channels`` input channels faster than conv3x3 on the stream's backend. Only where
+    MLX's CUDA backend runs conv3x3 on the mma.sync kernel (GPUs other than Hopper), from 512
+    channels: mx.conv2d is cuDNN there, 2.5-3.5x that kernel on an H200, and at 512 channels the
+    composition's extra GroupNorm / SiLU / upsample passes cost less than that (its times
+    0.6-0.8x the fused op's at 128^2-512^2 inputs), at 128-256 channels and high resolution more
+    (1.1-2.4x; bench/reports/h200/2026-12-03/ops_1024_bfloat16.json). Not with Hopper's wgmma
+    kernel: the fused op ran 1.3-2.0x faster than the composition at 512 channels too
+    (bench/reports/h200/2026-12-03-direct/ops_1024_bfloat16_with_composition.json). Never on the
+    CPU (MLX's Linux conv runs at a few GFLOP/s); Metal is unmeasured."""
     device = stream.device if isinstance(stream, mx.Stream) else (stream or mx.default_device())
     kind = device if isinstance(device, mx.DeviceType) else device.type
-    return kind == mx.gpu and mx.cuda.is_available() and in_channels >= 512
+    if kind != mx.gpu or not mx.cuda.is_available() or in_channels < 512:
+        return False
+    return ext.conv3x3_kernel_family(stream) == "mma"
 
 
 # Default bound on the attention scores (and softmax) that attention_bounded holds at once.
