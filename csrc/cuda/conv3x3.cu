@@ -502,29 +502,29 @@ __device__ void store_tile_via_shared(const Conv3x3Params& p, const Tile& t, flo
   };
   if (p.has_bias) add_four(bias + o, add);
   if (p.has_shortcut_bias) add_four(shortcut_bias + o, add);
-  // Pixel m = first + i * STEP of pass i; every pass's residual is loaded before the first
-  // is used (the accumulators' registers are free by now): one memory latency, not 32.
+  // Pixel m = first + i * STEP of pass i (first < STEP, TC % STEP == 0: the pass's tile row
+  // and column offset are constants, its address this thread's base plus a constant
+  // multiple of two strides). Every pass's residual is loaded before the first is used
+  // (the accumulators' registers are free by now): one memory latency, not 32.
   constexpr int STEP = NT / GROUPS, PASSES = TR * TC / STEP;
+  static_assert(TC % STEP == 0, "a pass's pixels lie in one tile row");
   const int first = threadIdx.x / GROUPS;
-  const auto pixel = [&](int i, i64& idx) {
-    const int m = first + i * STEP, yy = t.y0 + m / TC, xx = t.x0 + m % TC;
-    idx = ((i64(t.n) * p.ho + yy) * p.wo + xx) * p.o + o;
-    return yy < p.ho && xx < p.wo;
-  };
+  const i64 row_stride = i64(p.wo) * p.o, base = ((i64(t.n) * p.ho + t.y0) * p.wo + t.x0 + first) * p.o + o;
+  const auto offset = [&](int i) { return (i * STEP / TC) * row_stride + i64((i * STEP) % TC) * p.o; };
+  const auto inside = [&](int i) { return t.y0 + i * STEP / TC < p.ho && t.x0 + first + (i * STEP) % TC < p.wo; };
   uint2 res[PASSES];
 #pragma unroll
   for (int i = 0; i < PASSES; ++i) {
-    i64 idx;
-    res[i] = p.has_residual && pixel(i, idx) ? *reinterpret_cast<const uint2*>(residual + idx) : make_uint2(0, 0);
+    res[i] = p.has_residual && inside(i) ? *reinterpret_cast<const uint2*>(residual + base + offset(i))
+                                         : make_uint2(0, 0);
   }
 #pragma unroll
   for (int i = 0; i < PASSES; ++i) {
-    i64 idx;
-    if (!pixel(i, idx)) continue;
+    if (!inside(i)) continue;
     const float4 a = *reinterpret_cast<const float4*>(tile + (first + i * STEP) * ROW + 4 * g);
     float v[4] = {a.x + add[0], a.y + add[1], a.z + add[2], a.w + add[3]};
     if (p.has_residual) add_four(reinterpret_cast<const T*>(&res[i]), v);
-    *reinterpret_cast<uint2*>(out + idx) =
+    *reinterpret_cast<uint2*>(out + base + offset(i)) =
         make_uint2(uint32_t(Elem<T>::to_bits(v[0])) | (uint32_t(Elem<T>::to_bits(v[1])) << 16),
                    uint32_t(Elem<T>::to_bits(v[2])) | (uint32_t(Elem<T>::to_bits(v[3])) << 16));
   }
@@ -947,15 +947,13 @@ __device__ void conv3x3_wgmma(const T* __restrict__ x, const T* __restrict__ pac
   const int tid = threadIdx.x, group = __shfl_sync(0xffffffffu, tid / 128, 0), warp = (tid % 128) / 32, lane = tid % 32;
   float acc[2][16][4];
   zero(acc);
-  prefetch_residual<T, TR, TC, TN, NT>(p, t, residual);
 
   const int chunks = (p.c + BK - 1) / BK;
   const T* const block_weights = packed_w + i64(t.o0 / TN) * chunks * WT_ELEMS;
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) mbarrier_init(weights_landed + s);
-    fence_mbarrier_init();
+    fence_mbarrier_init();  // (the other threads wait on them after the barrier below)
   }
-  if (ACT) fill_norm_table<T, NT>(p, stats, gamma, beta, t.n, chunks * BK, norm);
   Halo halo_in;
   halo_in.init(p, x, stats, t, pixel_stats);
   const auto halo_stage = [&](int chunk) { return halo_bufs + (chunk % HALO_STAGES) * HALO_ELEMS; };
@@ -974,13 +972,16 @@ __device__ void conv3x3_wgmma(const T* __restrict__ x, const T* __restrict__ pac
                           weights_landed + s);
     }
   };
-  __syncthreads();  // the barriers initialized
+  // The first chunks' copies go out first: the residual's prefetch and the norm table's
+  // loads then overlap them rather than delay them.
   load_weights(0);
   load_weights(1);
 #pragma unroll
   for (int i = 0; i < AHEAD; ++i) load_input(i);
+  prefetch_residual<T, TR, TC, TN, NT>(p, t, residual);
+  if (ACT) fill_norm_table<T, NT>(p, stats, gamma, beta, t.n, chunks * BK, norm);
   cp_async_wait_group<AHEAD - 1>();  // chunk 0
-  __syncthreads();                   // and the norm table, the pixel statistics
+  __syncthreads();                   // and the barriers, the norm table, the pixel statistics
   if (ACT) halo_in.template activate<Staged, HaloKMajor>(p, norm, pixel_stats, 0, staged, halo_bufs);
   fence_async_shared();
   __syncthreads();
