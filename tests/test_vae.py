@@ -82,6 +82,44 @@ def test_fused_decode_peak_near_analytic_floor():
     assert peak <= 1.15 * floor, (peak / 2**20, floor / 2**20)
 
 
+def test_attention_chunks_fill_the_fused_peak_not_more(no_attention_kernel, monkeypatch):
+    """Without an attention kernel the mid-block attention's query chunks hold what its live set
+    leaves under the decode's own peak (the 64 MiB minimum alone made a 4096^2 decode 8192 chunks
+    of 32 queries), unless attention_scores_budget is set; the decode's peak stays at the floor.
+    (The minimum is lowered here so that this small decode's spare room is the larger.)"""
+    monkeypatch.setattr("fusedconv.decoder.ATTENTION_SCORES_BUDGET", 2**16)
+    budgets = []
+
+    def recording(q, k, v, scale, budget):
+        budgets.append(budget)
+        return ops.attention_bounded(q, k, v, scale, budget)
+
+    monkeypatch.setattr("fusedconv.decoder.attention_bounded", recording)
+    cfg = VAEConfig(block_out_channels=(32, 64, 64, 64), layers_per_block=1, latent_channels=16,
+                    norm_num_groups=8, use_post_quant_conv=False)
+    dec = AutoencoderKLDecoder(cfg)
+    dec.set_dtype(mx.bfloat16)
+    mx.eval(dec.parameters())
+    side = 48
+    z = mx.random.normal((1, side, side, 16)).astype(mx.bfloat16)
+    mx.eval(z)
+    gc.collect()
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    base = mx.get_active_memory()
+    mx.eval(dec(z))
+    used = mx.get_peak_memory() - base
+    floor = decoder_floor_bytes(cfg, 8 * side, 8 * side, mx.bfloat16) - 2 * decoder_parameter_count(cfg)
+    rows = ops.ext.attention_query_rows(1, side * side, 2, budgets[0])
+    assert budgets[0] > 2**16 and 2 * 2**16 // (side * side * 8) < rows < side * side, (budgets, rows)
+    assert used <= 1.15 * floor, (used / 2**20, floor / 2**20)
+
+    dec.attention_scores_budget = 2**17
+    budgets.clear()
+    mx.eval(dec(z))
+    assert budgets == [2**17]
+
+
 FLUX_1024_COMPOSED = ["mid_block.resnets.0", "mid_block.resnets.1", *(f"up_blocks.{i}.resnets.{j}" for i in (0, 1)
                                                                      for j in range(3)),
                       "up_blocks.0.upsamplers.0", "up_blocks.1.upsamplers.0"]

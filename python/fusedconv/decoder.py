@@ -204,11 +204,16 @@ class StageTree(nn.Module):
         return batch * peak
 
     def stages(self, fused: bool, latent_pixels: int = 0, batch: int = 1,
-               prefer_composition: Callable[[int], bool] = lambda channels: False):
+               prefer_composition: Callable[[int], bool] = lambda channels: False,
+               scores_budget: Optional[int] = None, itemsize: int = 2):
         """(name, fn) per stage: the one place where the fused or the reference path is chosen.
         In the fused path, a resnet or upsampler whose input channels prefer_composition accepts
         (ops.composition_is_faster: wide convs on MLX's CUDA backend) runs its reference forward
-        where that forward's live set stays under the fused decode's peak, so the peak holds."""
+        where that forward's live set stays under the fused decode's peak, so the peak holds.
+        An attention's query chunks may hold scores_budget bytes of scores; None: what its own
+        live set leaves under that peak (activations of `itemsize` bytes), at least
+        ATTENTION_SCORES_BUDGET - at the latent's resolution that is most of the peak, and a
+        4096^2 decode took 8192 chunks of 32 queries (each evaluated apart) at the minimum."""
         peak = self.peak_live_elements(latent_pixels, batch)
         out, px = [], latent_pixels
         for name, m in self.stage_modules():
@@ -216,6 +221,9 @@ class StageTree(nn.Module):
             if fused and hasattr(m, "composed_live_elements"):
                 channels, live = m.composed_live_elements(px)
                 composed = batch * live <= peak and prefer_composition(channels)
+            if hasattr(m, "scores_budget"):
+                spare = itemsize * (peak - batch * m.live_elements(px)[0])
+                m.scores_budget = scores_budget if scores_budget is not None else max(ATTENTION_SCORES_BUDGET, spare)
             out.append((name, m.reference if composed or not fused else m.fused))
             px = m.live_elements(px)[1]
         return out
@@ -275,7 +283,9 @@ class StagedDecoder(nn.Module):
     def __init__(self):
         super().__init__()
         self.fused = True
-        self.attention_scores_budget = ATTENTION_SCORES_BUDGET
+        # Bytes of scores an attention's query chunk may hold where the backend has no attention
+        # kernel; None: what fits under the decode's own peak (StageTree.stages).
+        self.attention_scores_budget: Optional[int] = None
         # Input channels -> whether a conv stage runs faster as mlx.nn's composition on the
         # backend; taken where it fits under the fused peak (StageTree.stages).
         self.prefer_composition: Callable[[int], bool] = composition_is_faster
@@ -295,11 +305,10 @@ class StagedDecoder(nn.Module):
     def stages(self, z: Optional[mx.array] = None):
         """The decode's (name, fn) stages; for latents z (else one latent pixel) the wide convs'
         path as decode() runs it."""
-        for _, m in self.decoder.stage_modules():
-            if hasattr(m, "scores_budget"):
-                m.scores_budget = self.attention_scores_budget
         n, pixels = (z.shape[0], z.shape[1] * z.shape[2]) if z is not None else (1, 1)
-        return self.decoder.stages(self.fused, pixels, n, self.prefer_composition)
+        itemsize = self.decoder.conv_in.weight.itemsize
+        return self.decoder.stages(self.fused, pixels, n, self.prefer_composition, self.attention_scores_budget,
+                                   itemsize)
 
     def check_memory(self, z: mx.array) -> None:
         """Refuses a decode whose analytic floor (the activations that must coexist; the
