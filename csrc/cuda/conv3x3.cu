@@ -952,7 +952,7 @@ __device__ void conv3x3_wgmma(const T* __restrict__ x, const T* __restrict__ pac
   const T* const block_weights = packed_w + i64(t.o0 / TN) * chunks * WT_ELEMS;
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) mbarrier_init(weights_landed + s);
-    fence_mbarrier_init();
+    fence_mbarrier_init();  // (the other threads wait on them after the barrier below)
   }
   Halo halo_in;
   halo_in.init(p, x, stats, t, pixel_stats);
@@ -973,14 +973,11 @@ __device__ void conv3x3_wgmma(const T* __restrict__ x, const T* __restrict__ pac
     }
   };
   // The first chunks' copies go out first: the residual's prefetch and the norm table's
-  // loads then overlap them rather than delay them. (The weights' bulk copies wait for a
-  // barrier past the mbarriers' initialisation, as they always had: sent by the initialising
-  // thread right after its fence, a test run on the H200 hung once - cause unconfirmed.)
-#pragma unroll
-  for (int i = 0; i < AHEAD; ++i) load_input(i);
-  __syncthreads();
+  // loads then overlap them rather than delay them.
   load_weights(0);
   load_weights(1);
+#pragma unroll
+  for (int i = 0; i < AHEAD; ++i) load_input(i);
   prefetch_residual<T, TR, TC, TN, NT>(p, t, residual);
   if (ACT) fill_norm_table<T, NT>(p, stats, gamma, beta, t.n, chunks * BK, norm);
   cp_async_wait_group<AHEAD - 1>();  // chunk 0
