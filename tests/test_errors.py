@@ -1,6 +1,7 @@
 """Bad input raises ValueError/TypeError naming the argument, before any kernel runs."""
 
 import fusedconv
+from fusedconv._abi import ext
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -132,3 +133,7 @@ def test_gpu_stream_without_gpu_backend_is_an_error_not_a_crash():
     a = good()
     with pytest.raises((RuntimeError, ValueError)):
         mx.eval(fusedconv.conv3x3(a["x"], a["weight"], stream=mx.gpu))
+    with pytest.raises((RuntimeError, ValueError)):
+        ext.conv3x3_kernel_family(mx.gpu)
+    assert ext.conv3x3_kernel_family(mx.cpu) == "cpu"
+    assert not fusedconv.ops.composition_is_faster(512, stream=mx.cpu)
