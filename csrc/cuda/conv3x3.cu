@@ -1011,6 +1011,7 @@ __device__ void conv3x3_wgmma(const T* __restrict__ x, const T* __restrict__ pac
     // after the commit.
     const auto activate_next = [&](int i) {
       if (ACT) {
+        // (The norm's table re-read per vector: held across the taps, it spilled.)
         const int next_chunk = next ? chunk + 1 : chunk;
         halo_in.template activate_vector<Staged, HaloKMajor, true>(
             p, halo_in.chunk_norm(norm, next_chunk * BK), pixel_stats, i,
