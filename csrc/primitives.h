@@ -34,7 +34,8 @@ inline bool has_kernel(const mx::Stream& s, Op op) {
 
 // Which kernel family the GPU backend's conv3x3 takes for 16-bit inputs on the stream's
 // device: "wgmma" (CUDA, Hopper), "mma" (CUDA, other GPUs), "simt" (CUDA, GPUs short of
-// shared memory for those), "metal", or "" without GPU kernels. (The decoder's choice of mlx.nn's composition for wide convs depends on it.)
+// shared memory for those), "metal", or "" without GPU kernels. (The decoder's choice of
+// mlx.nn's composition for wide convs depends on it.)
 std::string gpu_conv3x3_kernel_family(const mx::Stream& s);
 
 // Out of memory in a primitive: a std::bad_alloc (so Python sees MemoryError) that names

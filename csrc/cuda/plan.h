@@ -76,6 +76,14 @@ inline KernelPlan plan_pack_conv3x3_weights(const Conv3x3Params& p) {
   return k;
 }
 
+// The tensor-core kernel family of a conv whose inputs those kernels take (bf16/fp16 in
+// aligned 8-channel vectors, C <= kMmaMaxNormChannels, O > kNarrowN): "wgmma" where the
+// device loads sm_90a code, "mma", or "simt" where neither's shared memory fits.
+inline const char* tensor_core_family(unsigned max_shared_bytes, bool sm90a) {
+  if (sm90a && wgmma_shared_bytes() <= max_shared_bytes) return "wgmma";
+  return mma_shared_bytes() <= max_shared_bytes ? "mma" : "simt";
+}
+
 // max_shared_bytes: the most dynamic shared memory the device lets one block opt into;
 // aligned: x and the weights start on 16 bytes (the tensor-core kernels copy 8-channel
 // vectors, so they also need C % 8 == 0); sm90a: the device loads sm_90a code and the
@@ -86,8 +94,8 @@ inline KernelPlan plan_conv3x3(const Conv3x3Params& p, KernelDType dt, unsigned 
   const bool vectors = p.c % 8 == 0 && aligned && (long long)p.h * p.w * (p.c / 8) < 0xffffffffll;
   const bool tensor_inputs = dt != KernelDType::float32 && p.c <= kMmaMaxNormChannels && vectors;
   const bool narrow = tensor_inputs && p.o <= kNarrowN;
-  const bool wgmma = tensor_inputs && !narrow && sm90a && wgmma_shared_bytes() <= max_shared_bytes;
-  const bool mma = tensor_inputs && !narrow && mma_shared_bytes() <= max_shared_bytes;
+  const std::string family = tensor_inputs && !narrow ? tensor_core_family(max_shared_bytes, sm90a) : "simt";
+  const bool wgmma = family == "wgmma", mma = family == "mma";
   // Without a norm or SiLU the input is copied into the halo as it is.
   const char* prologue = p.groups > 0 || p.pixel_norm || p.silu ? "_act" : "_copy";
   if (narrow) {

@@ -198,9 +198,7 @@ void launch_allocated(const mx::Stream& s, const cp::KernelPlan& k, const std::v
 // linear and attention run as their compositions (MLX's matmul / softmax) on the GPU.
 bool gpu_has_kernel(Op op) { return op != Op::linear && op != Op::attention; }
 std::string gpu_conv3x3_kernel_family(const mx::Stream& s) {
-  const unsigned limit = max_shared_bytes(s);
-  if (wgmma_available(s) && cp::wgmma_shared_bytes() <= limit) return "wgmma";
-  return cp::mma_shared_bytes() <= limit ? "mma" : "simt";
+  return cp::tensor_core_family(max_shared_bytes(s), wgmma_available(s));
 }
 
 void GroupNormStats::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {

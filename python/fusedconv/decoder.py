@@ -221,11 +221,12 @@ class StageTree(nn.Module):
             if fused and hasattr(m, "composed_live_elements"):
                 channels, live = m.composed_live_elements(px)
                 composed = batch * live <= peak and prefer_composition(channels)
+            fused_live, out_px = m.live_elements(px)
             if hasattr(m, "scores_budget"):
-                spare = itemsize * (peak - batch * m.live_elements(px)[0])
+                spare = itemsize * (peak - batch * fused_live)
                 m.scores_budget = scores_budget if scores_budget is not None else max(ATTENTION_SCORES_BUDGET, spare)
             out.append((name, m.reference if composed or not fused else m.fused))
-            px = m.live_elements(px)[1]
+            px = out_px
         return out
 
 
