@@ -41,6 +41,17 @@ GPU_SHAPES = CONV_SHAPES + [
 CONV_KERNELS = ["default", "mma.sync"] if GPU_BACKEND == "cuda" else ["default"]
 
 
+@pytest.fixture(autouse=True)
+def _cpu_default():
+    """Overrides conftest's CPU default stream: inputs are made on the GPU stream, and each side
+    of a GPU-vs-CPU comparison reads only evaluated arrays, so that no evaluation waits across
+    devices. With inputs made on the CPU stream this file hung now and then on MLX-CUDA 0.32.4,
+    in MLX's own wait for a CPU-stream evaluation's signal (README, the CUDA record of
+    2026-12-04); the decoder never mixes streams."""
+    with mx.stream(mx.gpu):
+        yield
+
+
 @pytest.fixture(params=CONV_KERNELS)
 def conv_kernel(request, monkeypatch):
     if request.param == "mma.sync":
@@ -51,6 +62,7 @@ def conv_kernel(request, monkeypatch):
 
 
 def conv(x, weight, kw, stream):
+    mx.eval(x, weight, kw)
     norm = (kw["stats"], kw["gamma"], kw["beta"]) if "stats" in kw else None
     key = "pixel_norm" if kw.get("pixel_norm") else "norm"
     return fusedconv.conv3x3(x, weight, kw.get("bias"), **{key: norm}, silu=kw["silu"], upsample=kw["upsample"],
@@ -111,6 +123,7 @@ def test_group_norm_stats_gpu_matches_cpu(dtype, shape, groups, offset):
     flat = (mx.random.normal((size + offset,), key=mx.random.key(3)) * 2 + 50).astype(dtype)
     mx.eval(flat)
     x = flat[offset:].reshape(shape)
+    mx.eval(x)
     gpu = fusedconv.group_norm_stats(x, groups, 1e-6, stream=mx.gpu)
     cpu = fusedconv.group_norm_stats(x, groups, 1e-6, stream=mx.cpu)
     np.testing.assert_allclose(np.array(gpu), np.array(cpu), rtol=2e-5, atol=1e-5)
@@ -119,6 +132,7 @@ def test_group_norm_stats_gpu_matches_cpu(dtype, shape, groups, offset):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_pixel_norm_stats_gpu_matches_cpu(dtype):
     x = mx.random.normal((2, 19, 23, 45), key=mx.random.key(4)).astype(dtype)
+    mx.eval(x)
     gpu = fusedconv.pixel_norm_stats(x, 1e-12, stream=mx.gpu)
     cpu = fusedconv.pixel_norm_stats(x, 1e-12, stream=mx.cpu)
     np.testing.assert_allclose(np.array(gpu), np.array(cpu), rtol=1e-5)

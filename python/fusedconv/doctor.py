@@ -74,6 +74,7 @@ def _checks(gpu: bool) -> list:
         u = UNIT_ROUNDOFF[dname]
         for cname, case in CONV_CASES.items():
             x, kw = _conv_inputs(case, dtype)
+            mx.eval(x, kw)  # read by both devices: evaluated first (normalized_error says why)
             # CPU backend vs the f32 mlx.nn composition: 8u of the output scale (tests/reference.py).
             results.append(_check(f"cpu conv3x3 {dname} {cname}",
                                   lambda: normalized_error(_fused(x, kw, mx.cpu), _reference(x, kw)),
@@ -84,6 +85,7 @@ def _checks(gpu: bool) -> list:
                                       max(2 * u, 1e-5)))
         if gpu:  # 96x96 pixels: three slices of the partial-statistics kernel, merged
             x = (3 + mx.random.normal((2, 96, 96, 32), key=mx.random.key(3))).astype(dtype)
+            mx.eval(x)
             results.append(_check(f"gpu group_norm_stats {dname} (3 slices)",
                                   lambda: normalized_error(ops.group_norm_stats(x, 8, 1e-6, stream=mx.gpu),
                                                            ops.group_norm_stats(x, 8, 1e-6, stream=mx.cpu)), 1e-5))

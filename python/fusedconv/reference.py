@@ -41,7 +41,11 @@ def reference_activation(x, *, group_norm=None, silu=False, upsample=1):
 
 
 def normalized_error(got: mx.array, want: mx.array) -> float:
-    """max |got - want| / max |want|, in float32."""
+    """max |got - want| / max |want|, in float32. Each side is evaluated on its own first: the
+    two may come from different devices, and an evaluation that waits across devices is where
+    MLX's CUDA build has hung (README, the CUDA record of 2026-12-04)."""
+    mx.eval(got)
+    mx.eval(want)
     got32, want32 = got.astype(mx.float32), want.astype(mx.float32)
     scale = max(mx.abs(want32).max().item(), 1e-6)
     return mx.abs(got32 - want32).max().item() / scale
